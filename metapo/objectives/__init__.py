@@ -17,6 +17,7 @@ from .base import (
     sequence_logps,
 )
 from .fewshot import build_user_contexts, format_fewshot_prompt
+from .implicit import implicit_sft
 from .listwise import adaptive_step_weights, lambda_weights, pro, tree_po
 from .pairwise import (
     cdpo,
@@ -54,6 +55,7 @@ __all__ = [
     "get_objective",
     "hinge",
     "hypo",
+    "implicit_sft",
     "ipo",
     "lambda_weights",
     "ld_dpo",

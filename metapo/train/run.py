@@ -188,9 +188,14 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
             target_modules=cfg.lora.target_modules,
             task_type="CAUSAL_LM",
         )
+    reward_funcs: list[Any] = [reward]
+    if cfg.reward_model:
+        from metapo.prefmodels.scorer import load_reward_function
+
+        reward_funcs.append(load_reward_function(cfg.reward_model))
     trainer = trainer_cls(
         model=model_path,
-        reward_funcs=[reward],
+        reward_funcs=reward_funcs,
         args=config_cls(**args),
         train_dataset=dataset,
         processing_class=tokenizer,
