@@ -93,6 +93,9 @@ class RewardModelConfig(TrainingArguments):
         metadata={"help": "Themis: lookup corpus for scoring (JSONL/text; 'builtin' = the shipped one)."},
     )
     tool_steps: int = field(default=4, metadata={"help": "Themis: most tool calls per scored response."})
+    trace_tokens: int = field(
+        default=48, metadata={"help": "Themis: tokens generated per trace line when scoring."}
+    )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "bt: TRL's reward-centring coefficient."}
     )
@@ -136,6 +139,7 @@ class RewardModelConfig(TrainingArguments):
             omega=self.omega,
             corpus=corpus,
             max_steps=self.tool_steps,
+            max_new_tokens=self.trace_tokens,
             max_length=self.max_length,
         )
 
