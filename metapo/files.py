@@ -44,7 +44,14 @@ def _claim(tmp: str, path: Path) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+        if exc.errno not in (
+            errno.EPERM,
+            errno.ENOTSUP,
+            errno.EOPNOTSUPP,
+            errno.EXDEV,
+            errno.EMLINK,
+            errno.ENOSYS,
+        ):
             raise
         # No hard links here (some network and FUSE filesystems): claim the name by exclusive creation, then
         # swap the content in atomically. A crash in between leaves an empty file, which readers skip.

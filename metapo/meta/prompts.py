@@ -205,6 +205,7 @@ PRESCREEN_SCHEMA = {
     "additionalProperties": False,
 }
 
+
 def guideline_schema(max_chars: int) -> dict:
     """JSON schema of a guidelines answer."""
     return {

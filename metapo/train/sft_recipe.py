@@ -7,12 +7,13 @@ responses (objective ``implicit_sft``, plain SFT by default, or one of its f-div
 *identical* DPO stage from that SFT model; both arms are evaluated on the same held-out pairs. It is a
 configuration-level experiment, not a loss: the report gives, per arm, how far SFT moved the model from the base
 (mean per-token log-ratio on held-out chosen and rejected responses) and the DPO model's held-out ranking accuracy,
-implicit-reward accuracy and log-ratio margin (against its SFT reference), plus the differences between the arms. Every stage is resumable (a stage with its ``done.json``
-is skipped on a rerun).
+implicit-reward accuracy and log-ratio margin (against its SFT reference), plus the differences between the arms. Every stage is resumable: a stage with its ``done.json``
+and an arm with its ``eval.json`` are skipped on a rerun.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -118,15 +119,42 @@ def _train_stage(
     return str(out)
 
 
-def _logps(model_path: str, rows: list[dict], slot: str) -> tuple[np.ndarray, np.ndarray]:
-    """Summed response log-probabilities and response token counts of ``rows[slot]``."""
+def _logps(model_path: str, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Summed log-probabilities of the chosen and rejected responses, and their token counts, in one pass."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from metapo.eval.ranking import sequence_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return sequence_logprobs(model, tokenizer, [r["prompt"] for r in rows], [r[slot] for r in rows])
+    prompts = [r["prompt"] for r in rows] * 2
+    logps, counts = sequence_logprobs(
+        model, tokenizer, prompts, [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    )
+    n = len(rows)
+    return {"chosen": logps[:n], "rejected": logps[n:], "n_chosen": counts[:n], "n_rejected": counts[n:]}
+
+
+def _evaluate(
+    lr: float, base: dict[str, np.ndarray], sft: dict[str, np.ndarray], dpo: dict[str, np.ndarray]
+) -> dict[str, float]:
+    from metapo.eval.ranking import ranking_accuracy
+
+    # DPO's implicit reward up to β: the log-ratio of the DPO model to its reference, the SFT model.
+    margin = (dpo["chosen"] - sft["chosen"]) - (dpo["rejected"] - sft["rejected"])
+    ranking = ranking_accuracy(dpo["chosen"], dpo["rejected"], dpo["n_chosen"], dpo["n_rejected"])
+    return {
+        "sft_learning_rate": lr,
+        "sft_logratio_per_token_chosen": float(
+            np.mean((sft["chosen"] - base["chosen"]) / np.maximum(base["n_chosen"], 1))
+        ),
+        "sft_logratio_per_token_rejected": float(
+            np.mean((sft["rejected"] - base["rejected"]) / np.maximum(base["n_rejected"], 1))
+        ),
+        "dpo_ranking_accuracy": float(ranking["ranking_accuracy"]),
+        "dpo_reward_accuracy": float(np.mean(margin > 0)),
+        "dpo_logratio_margin": float(np.mean(margin)),
+    }
 
 
 def run_recipe(config: RecipeConfig) -> dict[str, Any]:
@@ -135,7 +163,6 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
     Returns:
         The report: the settings, one entry per arm, and ``delta`` (low-LR arm minus high-LR arm).
     """
-    from metapo.eval.ranking import evaluate_ranking
     from metapo.prefmodels.data import load_rows
 
     root = Path(config.output_dir)
@@ -146,8 +173,7 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
         base = str(build_tiny_model(root / "tiny-init"))
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in load_rows(config.dataset_name)]
     train, held_out = _split(rows, config.eval_fraction, config.seed)
-    base_chosen, n_chosen = _logps(base, held_out, "chosen")
-    base_rejected, n_rejected = _logps(base, held_out, "rejected")
+    base_logps = _logps(base, held_out)
     dpo_args = {k: v for k, v in config.dpo.items() if k not in ("objective", "objective_kwargs")}
     dpo_objective = config.dpo.get("objective", "dpo")
     dpo_kwargs = dict(config.dpo.get("objective_kwargs") or {})
@@ -156,6 +182,10 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
         sft_kwargs["alpha"] = config.alpha
     arms: dict[str, Any] = {}
     for name, lr in (("lr", config.learning_rate), ("lr_over_k", config.learning_rate / config.lr_divisor)):
+        evaluation = root / name / "eval.json"
+        if evaluation.exists():
+            arms[name] = json.loads(evaluation.read_text("utf-8"))
+            continue
         sft_dir = _train_stage(
             base,
             root / name / "sft",
@@ -167,25 +197,8 @@ def run_recipe(config: RecipeConfig) -> dict[str, Any]:
         dpo_dir = _train_stage(
             sft_dir, root / name / "dpo", train, dpo_objective, dpo_kwargs, {**dpo_args, "seed": config.seed}
         )
-        ranking = evaluate_ranking(dpo_dir, held_out, reference=sft_dir)
-        sft_chosen, _ = _logps(sft_dir, held_out, "chosen")
-        sft_rejected, _ = _logps(sft_dir, held_out, "rejected")
-        dpo_chosen, _ = _logps(dpo_dir, held_out, "chosen")
-        dpo_rejected, _ = _logps(dpo_dir, held_out, "rejected")
-        # DPO's implicit reward up to β: the log-ratio of the DPO model to its reference, the SFT model.
-        margin = (dpo_chosen - sft_chosen) - (dpo_rejected - sft_rejected)
-        arms[name] = {
-            "sft_learning_rate": lr,
-            "sft_logratio_per_token_chosen": float(
-                np.mean((sft_chosen - base_chosen) / np.maximum(n_chosen, 1))
-            ),
-            "sft_logratio_per_token_rejected": float(
-                np.mean((sft_rejected - base_rejected) / np.maximum(n_rejected, 1))
-            ),
-            "dpo_ranking_accuracy": ranking.ranking_accuracy,
-            "dpo_reward_accuracy": float(np.mean(margin > 0)),
-            "dpo_logratio_margin": float(np.mean(margin)),
-        }
+        arms[name] = _evaluate(lr, base_logps, _logps(sft_dir, held_out), _logps(dpo_dir, held_out))
+        atomic_write_json(evaluation, arms[name])
     delta = {k: arms["lr_over_k"][k] - arms["lr"][k] for k in arms["lr"]}
     report = {"config": asdict(config), "held_out": len(held_out), "arms": arms, "delta": delta}
     atomic_write_json(root / "report.json", report)
