@@ -325,6 +325,9 @@ def train_reward_model(
     if spec.kind == "bt":
         trainer = _trl_reward_trainer(config, model_path, tokenizer, list(train_rows), eval_rows)
     else:
+        from transformers import set_seed
+
+        set_seed(config.seed)  # the new head's initialisation must not depend on the caller's RNG state
         model = PreferenceNet.create(spec, model_path, **_init_kwargs(config))
         model.backbone.config.pad_token_id = tokenizer.pad_token_id
         if config.disable_dropout:
