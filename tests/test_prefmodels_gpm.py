@@ -142,3 +142,39 @@ def test_zero_gate_weights_give_unit_gates(tiny_model_dir: Path) -> None:
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     out = gated(ids, mask, torch.tensor([2, 2]))
     assert out.values.shape == (2, 4) and torch.allclose(out.gates, torch.ones(2, 2))
+
+
+@pytest.mark.slow
+def test_resumed_training_ends_where_an_uninterrupted_run_ends(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from metapo.prefmodels.trainer import RewardModelConfig, train_reward_model
+
+    def config(out: Path, steps: int) -> RewardModelConfig:
+        return RewardModelConfig(
+            output_dir=str(out),
+            kind="gpm",
+            gate=True,
+            gpm_dim=4,
+            model_name_or_path=str(tiny_model_dir),
+            dataset_name="builtin:cyclic",
+            per_device_train_batch_size=5,
+            max_steps=steps,
+            save_strategy="steps",
+            save_steps=1,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",  # the same schedule whatever max_steps is
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+
+    straight = train_reward_model(config(tmp_path / "straight", 3))
+    train_reward_model(config(tmp_path / "resumed", 2))
+    resumed = train_reward_model(config(tmp_path / "resumed", 3), resume=True)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(
+        a["score.weight"],
+        load_file(str(tmp_path / "resumed" / "checkpoint-2" / "model.safetensors"))["score.weight"],
+    )
