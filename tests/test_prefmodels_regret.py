@@ -33,6 +33,10 @@ def test_optimal_values_are_minus_the_manhattan_distance() -> None:
         assert values[s] == -(abs(4 - x) + abs(3 - y))
     # The differentiable solve agrees with value iteration.
     np.testing.assert_allclose(optimal_values(torch.tensor(world.rewards()), world).numpy(), values)
+    # The goal is terminal: a reward written on its row is never collected.
+    rewards = world.rewards()
+    rewards[world.goal_state] = 5.0
+    np.testing.assert_array_equal(value_iteration(rewards, world.next_states(), world.goal_state), values)
 
 
 def test_equal_partial_return_different_regret() -> None:
