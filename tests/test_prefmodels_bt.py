@@ -51,6 +51,14 @@ def test_scores_match_trl_tokenisation_and_rank_the_pairs(bt_model: Path) -> Non
             assert float(raw(**ids).logits[0, 0]) == pytest.approx(expected, abs=1e-5)
     p = model.preference(rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"])
     assert p == pytest.approx(torch.sigmoid(torch.tensor(chosen[0] - rejected[0])).item(), abs=1e-6)
+    matrix = model.preference_matrix(
+        rows[0]["prompt"], [rows[0]["chosen"], rows[0]["rejected"], rows[0]["chosen"]]
+    )
+    assert (
+        matrix[0, 1] == pytest.approx(p, abs=1e-6)
+        and matrix[0, 2] == 0.5
+        and matrix[1, 0] == pytest.approx(1 - p)
+    )
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -125,6 +126,10 @@ def test_gpm_trainer_learns_rock_paper_scissors(tiny_model_dir: Path, tmp_path: 
     np.testing.assert_allclose(probs, Q, atol=0.03)
     reverse = model.preference("Pick one.", names[1], names[0])
     assert probs[0] + reverse == pytest.approx(1.0, abs=1e-6)
+    # The oracle matrix embeds each response once and keeps the cycle: M + Mᵀ = 1, M[i, j] = P(i ≻ j).
+    matrix = asyncio.run(model.preferences("Pick one.", names))
+    np.testing.assert_allclose(matrix + matrix.T, 1.0, atol=1e-6)
+    np.testing.assert_allclose([matrix[w, lo] for w, lo in CYCLE], probs, atol=1e-6)
     # As a reward function, each response's centred score against the other two is 0 on a perfect cycle.
     rewards = model.rewards(["Pick one."] * 3, names)
     np.testing.assert_allclose(rewards, 0.0, atol=0.1)

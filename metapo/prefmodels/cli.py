@@ -86,12 +86,12 @@ def _settings(config: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _build(cls: type, data: dict[str, Any], what: str) -> Any:
-    from transformers import HfArgumentParser
+    from transformers import HfArgumentParser, TrainingArguments
 
     from metapo.config import ConfigError, from_dict
 
     try:
-        if hasattr(cls, "to_dict"):  # TrainingArguments: HfArgumentParser parses its many fields
+        if issubclass(cls, TrainingArguments):  # HfArgumentParser knows its many fields and their types
             return HfArgumentParser(cls).parse_dict(data, allow_extra_keys=False)[0]
         return from_dict(cls, data)
     except (ConfigError, ValueError, TypeError) as exc:

@@ -11,7 +11,9 @@ pairwise judge.
 - ``__call__(prompts, completions, **columns)``: TRL's reward-function signature, for ``GRPOTrainer``, ``RLOOTrainer``
   and ``metapo train`` (``reward_model:`` key).
 - ``await compare(task_input, x, y)``: the interface of :class:`metapo.eval.pairwise.PairwiseJudge`, so the model can
-  stand in for an LLM judge in tournaments (``run_tournament``) and as the preference oracle of online methods.
+  stand in for an LLM judge in tournaments (``run_tournament``).
+- ``preference_matrix(prompt, responses, opponents)`` and ``await preferences(...)``: ``M[i, j] = P(y_i ≻ y_j)`` for
+  online methods that need a preference oracle; each response is embedded once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metapo.prefmodels.data import RewardCollator, encode_response, encode_themis, plain_text
@@ -220,6 +223,44 @@ class RewardModel:
             return float(torch.sigmoid(skew_symmetric_score(values[0], values[1], g) / self.spec.tau))
         ra, rb = self.rewards([prompt, prompt], [a, b], direction=direction)
         return 1.0 / (1.0 + math.exp(-(ra - rb)))
+
+    def preference_matrix(
+        self,
+        prompt: Any,
+        responses: Sequence[Any],
+        opponents: Sequence[Any] | None = None,
+        *,
+        direction: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """``M[i, j] = P(responses[i] ≻ opponents[j])`` (opponents default to the responses; identical texts ½).
+
+        Each text goes through the model once, so a GPM compares ``n`` responses at the cost of ``n`` forward
+        passes, and keeps its intransitive preferences (unlike a score squeezed through Bradley–Terry).
+        """
+        cols = list(responses) if opponents is None else list(opponents)
+        texts = [*responses, *cols]
+        if self.spec.kind == "gpm":
+            values, gates = self.head_outputs([prompt] * len(texts), texts)
+            rows, others = values[: len(responses)], values[len(responses) :]
+            g = None if gates is None else gates[0]
+            scores = skew_symmetric_score(rows[:, None, :], others[None, :, :], g) / self.spec.tau
+        else:
+            rewards = torch.tensor(self.rewards([prompt] * len(texts), texts, direction=direction))
+            scores = rewards[: len(responses), None] - rewards[None, len(responses) :]
+        matrix = torch.sigmoid(scores).double().numpy()
+        for i, a in enumerate(responses):
+            for j, b in enumerate(cols):
+                if a == b:
+                    matrix[i, j] = 0.5
+        return matrix
+
+    async def preferences(
+        self, prompt: Any, responses: Sequence[Any], opponents: Sequence[Any] | None = None
+    ) -> np.ndarray:
+        """The preference-oracle interface of the online trainer: :meth:`preference_matrix` off the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.preference_matrix, prompt, responses, opponents)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         """TRL reward-function signature: one float per completion."""
