@@ -100,17 +100,49 @@ def encode_response(tokenizer: Any, prompt: Any, response: Any) -> tuple[list[in
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
-def encode_themis(tokenizer: Any, prompt: Any, response: Any, trace: Trace) -> dict[str, list[int]]:
-    """Token ids, kinds and steps of one Themis sequence (context, trace, rationale, EOS)."""
-    ids, kinds, steps = tokenize_segments(
-        tokenizer, render_segments(plain_text(prompt), plain_text(response), trace)
-    )
-    return {"ids": ids, "kinds": kinds, "steps": steps}
+def encode_sequence(
+    tokenizer: Any, spec: HeadSpec, prompt: Any, response: Any, trace: Trace | None = None
+) -> dict[str, Any]:
+    """One scored sequence, as the trainer and the scorer both see it.
+
+    ``bt``/``gpm``/``vector``: prompt + response; ``themis``: the context, the trace, the rationale and EOS, with the
+    kind and step of every token. Sequences longer than ``spec.max_length`` lose their start (every head reads the
+    last token).
+
+    Returns:
+        ``{"ids", "prompt_length"}`` (plus ``"kinds"``, ``"steps"`` for Themis).
+    """
+    if spec.kind == "themis":
+        segments = render_segments(plain_text(prompt), plain_text(response), trace or Trace())
+        ids, kinds, steps = tokenize_segments(tokenizer, segments)
+        out: dict[str, Any] = {
+            "ids": ids,
+            "kinds": kinds,
+            "steps": steps,
+            "prompt_length": 1,
+        }  # no prompt gate
+    else:
+        ids, prompt_length = encode_response(tokenizer, prompt, response)
+        out = {"ids": ids, "prompt_length": prompt_length}
+    cut = 0 if spec.max_length is None else max(0, len(out["ids"]) - spec.max_length)
+    if cut:
+        for key in ("ids", "kinds", "steps"):
+            if key in out:
+                out[key] = out[key][cut:]
+        out["prompt_length"] = max(out["prompt_length"] - cut, 1)
+    return out
 
 
-def _cut(length: int, max_length: int | None) -> int:
-    """Tokens to drop from the start so that ``length`` fits: every head reads the last token, which must stay."""
-    return 0 if max_length is None else max(0, length - max_length)
+def collator_item(sequences: Sequence[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
+    """One :class:`RewardCollator` item from the sequences of one example (a pair, or a single response)."""
+    item: dict[str, Any] = {
+        "ids": [s["ids"] for s in sequences],
+        "prompt_lengths": [s["prompt_length"] for s in sequences],
+    }
+    if "kinds" in sequences[0]:
+        item["kinds"] = [s["kinds"] for s in sequences]
+        item["steps"] = [s["steps"] for s in sequences]
+    return {**item, **extra}
 
 
 def ratings_of(row: Mapping[str, Any], attributes: Sequence[str]) -> list[float]:
@@ -145,32 +177,19 @@ def encode_rows(rows: Sequence[Mapping[str, Any]], tokenizer: Any, spec: HeadSpe
         if spec.kind == "vector":
             if "response" not in row:
                 raise ValueError(f"row {i}: a vector reward model trains on prompt/response/ratings rows")
-            ids, prompt_len = encode_response(tokenizer, row["prompt"], row["response"])
-            cut = _cut(len(ids), spec.max_length)
-            item = {"ids": [ids[cut:]], "prompt_lengths": [max(prompt_len - cut, 1)]}
-            item["labels"] = ratings_of(row, spec.attributes)
-            out.append(item)
+            sequence = encode_sequence(tokenizer, spec, row["prompt"], row["response"])
+            out.append(collator_item([sequence], labels=ratings_of(row, spec.attributes)))
             continue
         missing = [c for c in ("prompt", "chosen", "rejected") if c not in row]
         if missing:
             raise ValueError(f"row {i}: preference rows need prompt, chosen and rejected; missing {missing}")
-        item = {}
-        if spec.kind == "themis":
-            encoded = [
-                encode_themis(tokenizer, row["prompt"], row[slot], Trace.from_data(row.get(f"{slot}_trace")))
-                for slot in ("chosen", "rejected")
-            ]
-            cuts = [_cut(len(e["ids"]), spec.max_length) for e in encoded]
-            for key in ("ids", "kinds", "steps"):
-                item[key] = [e[key][cut:] for e, cut in zip(encoded, cuts, strict=True)]
-            item["prompt_lengths"] = [1, 1]  # unused: Themis has no prompt gate
-        else:
-            item["ids"], item["prompt_lengths"] = [], []
-            for slot in ("chosen", "rejected"):
-                ids, prompt_len = encode_response(tokenizer, row["prompt"], row[slot])
-                cut = _cut(len(ids), spec.max_length)
-                item["ids"].append(ids[cut:])
-                item["prompt_lengths"].append(max(prompt_len - cut, 1))
+        pair = [
+            encode_sequence(
+                tokenizer, spec, row["prompt"], row[slot], Trace.from_data(row.get(f"{slot}_trace"))
+            )
+            for slot in ("chosen", "rejected")
+        ]
+        item = collator_item(pair)
         if row.get("margin") is not None:
             item["margin"] = float(row["margin"])
         out.append(item)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metapo.prefmodels.data import RewardCollator, encode_response, encode_themis, plain_text
+from metapo.prefmodels.data import RewardCollator, collator_item, encode_sequence, plain_text
 from metapo.prefmodels.losses import skew_symmetric_score
 from metapo.prefmodels.model import HeadSpec, PreferenceNet
 from metapo.prefmodels.themis import Trace, run_tool_loop
@@ -99,22 +99,11 @@ class RewardModel:
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
-        if self.spec.kind == "themis":
-            traces = self.traces(prompts, responses)
-            items = [
-                {"ids": [encode_themis(self.tokenizer, p, r, t)["ids"]], "prompt_lengths": [1]}
-                for p, r, t in zip(prompts, responses, traces, strict=True)
-            ]
-        else:
-            items = []
-            for p, r in zip(prompts, responses, strict=True):
-                ids, prompt_len = encode_response(self.tokenizer, p, r)
-                items.append({"ids": [ids], "prompt_lengths": [prompt_len]})
-        limit = self.spec.max_length
-        for item in items:
-            cut = 0 if limit is None else max(0, len(item["ids"][0]) - limit)
-            item["ids"][0] = item["ids"][0][cut:]
-            item["prompt_lengths"][0] = max(item["prompt_lengths"][0] - cut, 1)
+        traces = self.traces(prompts, responses) if self.spec.kind == "themis" else [None] * len(prompts)
+        items = [
+            collator_item([encode_sequence(self.tokenizer, self.spec, p, r, t)])
+            for p, r, t in zip(prompts, responses, traces, strict=True)
+        ]
         collate = RewardCollator(self.tokenizer.pad_token_id)
         values, gates = [], []
         for start in range(0, len(items), self.batch_size):
