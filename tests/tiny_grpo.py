@@ -34,11 +34,18 @@ def tiny_grpo_trainer(
     completion_tokens: int = 12,
     learning_rate: float = 1e-4,
     dataset: Any = None,
+    trainer_cls: type | None = None,
+    config: dict[str, Any] | None = None,
+    **trainer_kwargs: Any,
 ) -> Any:
-    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar."""
+    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar.
+
+    ``reward`` is one reward function or a list; ``config`` overrides GRPOConfig fields; ``trainer_cls`` (a
+    GRPOTrainer subclass) gets ``trainer_kwargs``.
+    """
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(
+    settings: dict[str, Any] = dict(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=batch,
         num_generations=generations,
@@ -53,10 +60,12 @@ def tiny_grpo_trainer(
         seed=0,
         disable_tqdm=True,
     )
-    return GRPOTrainer(
+    settings.update(config or {})
+    return (trainer_cls or GRPOTrainer)(
         model=str(policy),
-        reward_funcs=[reward],
-        args=args,
+        reward_funcs=reward if isinstance(reward, list) else [reward],
+        args=GRPOConfig(**settings),
         train_dataset=dataset if dataset is not None else prompt_dataset(max(16, max_steps * batch)),
         callbacks=callbacks,
+        **trainer_kwargs,
     )
