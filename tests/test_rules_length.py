@@ -1,4 +1,5 @@
-"""Length rules: hand-computed reward tables for GRPO-λ, SLPO, HAPO and the curriculum, and how they wrap a base."""
+"""Length rules: hand-computed reward tables for GRPO-λ, SLPO, HAPO and the curriculum, how they wrap a base, and
+the verifiable base reward."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Any
 import pytest
 
 from metapo.judges import JudgeConfig, build_judge
-from metapo.reward import RubricReward
+from metapo.reward import RequireEOS, RubricReward
 from metapo.reward.rules import (
     HAPO,
     SLPO,
+    AnswerReward,
     CurriculumLength,
     GRPOLambda,
     budget_schedule,
@@ -54,15 +56,16 @@ def test_grpo_lambda_gives_length_terms_to_the_most_accurate_groups_only() -> No
         [1, 0, 0, 0],  # ratio 0.25
         [1, 1, 1, 1],  # ratio 1
         [0, 0, 0, 0],  # ratio 0
-        [1, 1, 1, 0],  # ratio 0.75
+        [0, 1, 1, 1],  # ratio 0.75
     ]
     lengths = [10, 20, 30, 40] * 4
     prompts = [p for p in "ABCD" for _ in range(4)]
     base = [float(c) for group in correct for c in group]
     got = run(GRPOLambda(fixed(base), num_generations=4, fraction=0.5), prompts, lengths)
     # By hand: L_min = 10, L_max = 40, λ_i = 0.5 − (L − 10)/30 = 1/2, 1/6, −1/6, −1/2.
-    # Correct: 1 + λ_i; incorrect: 0 + min(0, λ_i). Groups B (ratio 1) and D (0.75) are the top half.
-    want = [1, 0, 0, 0] + [3 / 2, 7 / 6, 5 / 6, 1 / 2] + [0, 0, 0, 0] + [3 / 2, 7 / 6, 5 / 6, -1 / 2]
+    # Correct: 1 + λ_i; incorrect: 0 + min(0, λ_i), so D's short wrong answer gets 0, not 1/2.
+    # Groups B (ratio 1) and D (0.75) are the top half.
+    want = [1, 0, 0, 0] + [3 / 2, 7 / 6, 5 / 6, 1 / 2] + [0, 0, 0, 0] + [0, 7 / 6, 5 / 6, 1 / 2]
     assert close(got, want)
 
 
@@ -207,3 +210,20 @@ def test_slpo_over_rubric_reward_keeps_unscored_samples_out(tmp_path) -> None:
         )
     # Scripted scores are distinct-word counts on 0..9: 5/9 and 7/9 pass the 0.5 threshold, 2/9 does not.
     assert close(got, [5 / 9 + 0.5, 7 / 9 + 0.0, None, 2 / 9])
+
+
+# ----- the verifiable base ----------------------------------------------------------------------------------------
+def test_answer_reward_checks_answers_and_scores_truncated_completions_zero() -> None:
+    reward = AnswerReward(
+        lambda gold, text: gold in text, gates=(RequireEOS(penalty=0.0),), eos_token_ids=[2]
+    )
+    got = reward(
+        ["q"] * 4,
+        ["it is 42", "it is 41", "it is 42 and then", "it is 42"],
+        completion_ids=[[5, 2], [5, 2], [5, 6], [5, 2]],
+        gold_answer=["42", "42", "42", None],
+    )
+    # Right, wrong, right but cut off at the token limit (DLER's truncation rule: 0), no gold answer (unscored).
+    assert got == [1.0, 0.0, 0.0, None]
+    with pytest.raises(ValueError, match="no 'answer' column"):
+        AnswerReward(lambda g, t: True, answer_column="answer")(["q"], ["a"], gold_answer=["x"])

@@ -36,12 +36,12 @@ STATE_FILE = "metapo_rules-{rank}.json"
 
 
 def informative_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """Per sample: whether its group's scored rewards differ (at least two scored and not all equal)."""
+    """Per sample: whether its group's scored rewards differ (so at least two were scored)."""
     grouped = rewards.view(-1, num_generations)
     scored = ~torch.isnan(grouped)
     lo = torch.where(scored, grouped, torch.inf).min(dim=1).values
     hi = torch.where(scored, grouped, -torch.inf).max(dim=1).values
-    keep = (scored.sum(dim=1) >= 2) & ~torch.isclose(hi, lo)
+    keep = scored.any(dim=1) & ~torch.isclose(hi, lo)
     return keep.repeat_interleave(num_generations)
 
 
