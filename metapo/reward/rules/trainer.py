@@ -7,7 +7,9 @@ generation, drop groups from the loss, or replace the loss. :class:`RuleGRPOTrai
   generated from (the curriculum states its token budget in the prompt);
 - **dynamic sampling** (DAPO, used by DLER): groups whose rewards are all equal carry no advantage; they are taken
   out of the loss and of its token count. TRL gives them advantage 0 but keeps their tokens in the normaliser
-  and in the KL term. The batch is not refilled with new groups as DAPO does, so it simply gets smaller;
+  and in the KL term. The batch is not refilled with new groups as DAPO does, so it simply gets smaller. The
+  token count is exact for the token-mean losses (``dapo``, DLER's, and ``bnpo``); with ``grpo`` and
+  ``dr_grpo`` a dropped sample still counts in the per-sequence mean's denominator;
 - **DRPO's objective** instead of the clipped surrogate.
 
 Everything else, DLER's batch whitening (``scale_rewards="batch"``) and clip-higher (``epsilon_high``) included, is
