@@ -268,7 +268,7 @@ def test_hapo_history_is_saved_with_checkpoints_and_restored_on_resume(policy: P
         tmp_path,
         rule,
         [],
-        max_steps=2,
+        max_steps=1,
         batch=8,
         generations=G,
         dataset=dataset(),
@@ -276,7 +276,7 @@ def test_hapo_history_is_saved_with_checkpoints_and_restored_on_resume(policy: P
         config=save,
     )
     trainer.train()
-    saved = json.loads((tmp_path / "checkpoints" / "checkpoint-2" / "metapo_rules-0.json").read_text())
+    saved = json.loads((tmp_path / "checkpoints" / "checkpoint-1" / "metapo_rules-0.json").read_text())
     assert saved == [{"rule": "HAPO", "state": {"history": rule.history}}] and rule.history
     fresh = HAPO(answer(), key_column="pid")
     seen: list[dict[str, int]] = []
@@ -293,14 +293,14 @@ def test_hapo_history_is_saved_with_checkpoints_and_restored_on_resume(policy: P
         tmp_path,
         fresh,
         [],
-        max_steps=3,
+        max_steps=2,
         batch=8,
         generations=G,
         dataset=dataset(),
         trainer_cls=RuleGRPOTrainer,
         config=save,
     )
-    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-2"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-1"))
     assert seen == [rule.history]  # the first batch after resuming was scored with the saved history
 
 
