@@ -109,8 +109,8 @@ CASES: dict[str, Case] = {
         AnswerReward(even_length, gates=(RequireEOS(penalty=0.0),), eos_token_ids=[2, *EXTRA_EOS]),
         {
             "trainer_cls": RuleGRPOTrainer,
-            "dynamic_sampling": True,
-            "config": training_defaults(RuleSettings("dler", base="answer")),
+            "trainer_kwargs": {"dynamic_sampling": True},
+            **training_defaults(RuleSettings("dler", base="answer")),
         },
         "dynamic_sampling/kept_groups",
     ),
@@ -118,8 +118,8 @@ CASES: dict[str, Case] = {
         answer(),
         {
             "trainer_cls": RuleGRPOTrainer,
-            "drpo": DRPOLoss(),
-            "config": training_defaults(RuleSettings("drpo")),
+            "trainer_kwargs": {"drpo": DRPOLoss()},
+            **training_defaults(RuleSettings("drpo")),
         },
         "drpo/objective",
     ),
@@ -167,7 +167,7 @@ def test_trl_batch_scaling_is_dler_whitening_up_to_one_factor_per_batch(policy: 
         max_steps=1,
         batch=16,
         generations=G,
-        config={"scale_rewards": "batch"},
+        scale_rewards="batch",
         dataset=dataset(),
     )
     trainer.train()
@@ -208,7 +208,7 @@ def test_dynamic_sampling_drops_zero_variance_groups_from_the_loss(policy: Path,
         generations=G,
         dataset=dataset(),
         trainer_cls=RuleGRPOTrainer,
-        dynamic_sampling=True,
+        trainer_kwargs={"dynamic_sampling": True},
     )
     rows = [dict(dataset()[0]) for _ in range(G)] + [dict(dataset()[1]) for _ in range(G)]
     out = _score_one_batch(trainer, rows)
@@ -236,8 +236,8 @@ def test_drpo_sees_whole_groups_with_their_rewards(policy: Path, tmp_path: Path)
         generations=G,
         dataset=dataset(),
         trainer_cls=RuleGRPOTrainer,
-        drpo=DRPOLoss(),
-        config=training_defaults(RuleSettings("drpo")),
+        trainer_kwargs={"drpo": DRPOLoss()},
+        **training_defaults(RuleSettings("drpo")),
     )
     rows = [dict(dataset()[0]) for _ in range(G)] + [dict(dataset()[1]) for _ in range(G)]
     out = _score_one_batch(trainer, rows)
@@ -254,8 +254,8 @@ def test_drpo_sees_whole_groups_with_their_rewards(policy: Path, tmp_path: Path)
             generations=G,
             dataset=dataset(),
             trainer_cls=RuleGRPOTrainer,
-            drpo=DRPOLoss(),
-            config={"beta": 0.1},
+            trainer_kwargs={"drpo": DRPOLoss()},
+            beta=0.1,
         )
 
 
@@ -273,7 +273,7 @@ def test_hapo_history_is_saved_with_checkpoints_and_restored_on_resume(policy: P
         generations=G,
         dataset=dataset(),
         trainer_cls=RuleGRPOTrainer,
-        config=save,
+        **save,
     )
     trainer.train()
     saved = json.loads((tmp_path / "checkpoints" / "checkpoint-1" / "metapo_rules-0.json").read_text())
@@ -298,7 +298,7 @@ def test_hapo_history_is_saved_with_checkpoints_and_restored_on_resume(policy: P
         generations=G,
         dataset=dataset(),
         trainer_cls=RuleGRPOTrainer,
-        config=save,
+        **save,
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-1"))
     assert seen == [rule.history]  # the first batch after resuming was scored with the saved history
@@ -316,7 +316,7 @@ def test_orchestrator_with_constant_weights_equals_trl_fixed_weights(policy: Pat
             batch=8,
             generations=G,
             dataset=dataset(),
-            config={"reward_weights": weights} if weights else {},
+            **({"reward_weights": weights} if weights else {}),
         )
         trainer.train()
         return list(trainer._logs["advantages"])

@@ -35,37 +35,36 @@ def tiny_grpo_trainer(
     learning_rate: float = 1e-4,
     dataset: Any = None,
     trainer_cls: type | None = None,
-    config: dict[str, Any] | None = None,
-    **trainer_kwargs: Any,
+    trainer_kwargs: dict[str, Any] | None = None,
+    **config: Any,
 ) -> Any:
-    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar.
+    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar (``config``: more GRPOConfig).
 
-    ``reward`` is one reward function or a list; ``config`` overrides GRPOConfig fields; ``trainer_cls`` (a
-    GRPOTrainer subclass) gets ``trainer_kwargs``.
+    ``reward`` is one reward function or a list; ``trainer_cls`` (a GRPOTrainer subclass) gets ``trainer_kwargs``.
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    settings: dict[str, Any] = dict(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=batch,
-        num_generations=generations,
-        max_completion_length=completion_tokens,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-    )
-    settings.update(config or {})
+    settings: dict[str, Any] = {
+        "output_dir": str(out / "checkpoints"),
+        "per_device_train_batch_size": batch,
+        "num_generations": generations,
+        "max_completion_length": completion_tokens,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "bf16": False,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    args = GRPOConfig(**(settings | config))  # config may override the defaults (e.g. save_strategy)
     return (trainer_cls or GRPOTrainer)(
         model=str(policy),
         reward_funcs=reward if isinstance(reward, list) else [reward],
-        args=GRPOConfig(**settings),
+        args=args,
         train_dataset=dataset if dataset is not None else prompt_dataset(max(16, max_steps * batch)),
         callbacks=callbacks,
-        **trainer_kwargs,
+        **(trainer_kwargs or {}),
     )
