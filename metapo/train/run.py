@@ -16,12 +16,8 @@ from metapo.files import atomic_write_text, read_jsonl
 from metapo.judges import build_judge
 from metapo.meta.controller import MetaPolicyOptimizationCallback
 from metapo.meta.meta_judge import MetaJudge
-<<<<<<< HEAD
-from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward
-from metapo.reward.rules.config import build_rule, training_defaults
-=======
 from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward, any_process
->>>>>>> main
+from metapo.reward.rules.config import build_rule, training_defaults
 from metapo.rubric.active import ActiveRubrics
 from metapo.rubric.diff import diff
 from metapo.rubric.model import Rubric, RubricError
