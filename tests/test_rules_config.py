@@ -116,19 +116,32 @@ def _math_run(tmp_path: Path, judge_url: str, rules: dict[str, Any], **training:
     }
 
 
+MATH = Path("/work/shared/data/math/train.jsonl")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("rules", "metric"),
+    ("rules", "data", "metric"),
     [
-        ({"name": "slpo", "base": "answer", "options": {"alpha": 0.5}}, "rewards/slpo/mean"),
+        # The verifiable-reward setting on real MATH problems: SLPO over the boxed-answer check (math-verify).
+        pytest.param(
+            {"name": "slpo", "base": "answer", "options": {"alpha": 0.5}},
+            MATH,
+            "rewards/slpo/mean",
+            marks=pytest.mark.skipif(
+                not MATH.exists(), reason="needs the MATH data at /work/shared/data/math"
+            ),
+        ),
+        # Both of a run's rewards at once: correctness as the task, the judge's rubric score as a constraint.
         (
             {"name": "constrained", "options": {"task": "answer", "constraints": {"rubric": 0.5}}},
+            None,
             "constrained/0/weight",
         ),
     ],
 )
 def test_metapo_train_runs_a_rule(
-    rules: dict[str, Any], metric: str, tiny_model_dir: Path, tmp_path: Path
+    rules: dict[str, Any], data: Path | None, metric: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from metapo.reward.rules.trainer import RuleGRPOTrainer
     from metapo.train.run import train
@@ -136,11 +149,15 @@ def test_metapo_train_runs_a_rule(
     with ScriptedJudge() as judge:
         cfg_dict = _math_run(tmp_path, judge.url, rules)
         cfg_dict["model"] = str(tiny_model_dir)
+        if data is not None:
+            cfg_dict["dataset"] = str(data)
+            cfg_dict["task_options"]["clustering"] = "off"
         built = train(from_dict(RunConfig, cfg_dict))
     trainer = built.trainer
     assert isinstance(trainer, RuleGRPOTrainer) and trainer.state.global_step == 2
     values = [float(e[metric]) for e in trainer.state.log_history if metric in e]
     assert values and all(math.isfinite(v) for v in values)
+    assert any("answer/accuracy" in e for e in trainer.state.log_history)
     assert (tmp_path / "run" / "final" / "config.json").exists()
 
 
