@@ -161,10 +161,15 @@ def build_evolve(
 def measure_evolve(
     prompts: Sequence[Prompt], policy: Policy, reward: RewardFn, options: EvolveOptions | None = None
 ) -> dict[str, float]:
-    """The loop's objective: mean reward of direct answers and of once-refined answers on ``prompts``."""
+    """The loop's objective: mean reward of direct answers, of once-refined answers, and of both together
+    (``reward/mean``: what EVOLVE's answer-then-refine inference produces)."""
     opts = options or EvolveOptions()
     chains = refinement_chains(policy, prompts, 1, opts.eval_samples)
     owners = [p for p in prompts for _ in range(opts.eval_samples)]
     direct = score(reward, owners, [c[0] for c in chains])
     refined = score(reward, owners, [c[1] for c in chains])
-    return {"reward/direct": mean(direct), "reward/refined": mean(refined)}
+    return {
+        "reward/direct": mean(direct),
+        "reward/refined": mean(refined),
+        "reward/mean": mean(direct + refined),
+    }

@@ -103,16 +103,17 @@ _RULES = {
 
 def violating_edits(constraint: Constraint, response: str) -> list[Constraint]:
     """Edits of ``constraint`` that ``response`` violates (empty when none of the candidate edits does)."""
-    n = len(_words(response))
-    candidates = {
-        "max_words": [Constraint("max_words", max(0, n // 2)), Constraint("max_words", max(0, n - 1))],
-        "min_words": [Constraint("min_words", 2 * n + 1), Constraint("min_words", n + 1)],
-        "include": [Constraint("exclude", constraint.value)],
-        "exclude": [Constraint("include", constraint.value)],
-        "lowercase": [Constraint("uppercase")],
-        "uppercase": [Constraint("lowercase")],
-        "ends_with": [Constraint("ends_with", "?" if not str(constraint.value).endswith("?") else "!")],
-    }[constraint.kind]
+    n, kind, value = len(_words(response)), constraint.kind, constraint.value
+    if kind == "max_words":
+        candidates = [Constraint("max_words", max(0, n // 2)), Constraint("max_words", max(0, n - 1))]
+    elif kind == "min_words":
+        candidates = [Constraint("min_words", 2 * n + 1), Constraint("min_words", n + 1)]
+    elif kind in ("include", "exclude"):
+        candidates = [Constraint("exclude" if kind == "include" else "include", value)]
+    elif kind in ("lowercase", "uppercase"):
+        candidates = [Constraint("uppercase" if kind == "lowercase" else "lowercase")]
+    else:  # ends_with
+        candidates = [Constraint("ends_with", "!" if str(value).endswith("?") else "?")]
     return [c for c in candidates if c != constraint and not c.check(response)]
 
 

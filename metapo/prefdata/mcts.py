@@ -314,9 +314,10 @@ def measure_mcts(
     policy: Policy,
     verifier: Verifier,
     samples: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
-    """The loop's objective: the verifier's pass rate over ``samples`` responses per problem."""
+    """The loop's objective: the verifier's mean verdict (the pass rate for a 0/1 verifier) over ``samples``
+    responses per problem, each at most ``max_new_tokens`` long (default: the policy's limit)."""
     groups = policy.generate([p["prompt"] for p in problems], samples, max_new_tokens=max_new_tokens)
     values = [float(verifier(p, s.text)) for p, group in zip(problems, groups, strict=True) for s in group]
     return {"verifier/pass_rate": mean(values)}

@@ -135,7 +135,7 @@ def robust_select(
         vector and target score.
     """
     target = unit_vector(options.target)
-    directions = neighbour_directions(target, options.k, options.theta_max, rng)
+    directions = neighbour_directions(options.target, options.k, options.theta_max, rng)
     asks = [direction_prompt(prompt, d, options.objectives) for d in directions]
     texts = [group[0].text for group in policy.generate(asks, 1)]
     return _record(prompt, target, directions, texts, reward([prompt] * len(texts), texts))

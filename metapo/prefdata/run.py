@@ -375,8 +375,6 @@ def _mcts_steps(cfg: BuildConfig, rows: list, eval_rows: list):
     self_eval = judge.reward(_rubric(cfg)) if judge is not None else None
     return (
         lambda index, policy: build_mcts(problems, policy, math_verifier, opts, self_eval),
-        lambda policy: measure_mcts(
-            eval_problems, policy, math_verifier, opts.eval_samples, opts.rollout_tokens
-        ),
+        lambda policy: measure_mcts(eval_problems, policy, math_verifier, opts.eval_samples),
         judge,
     )
