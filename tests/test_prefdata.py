@@ -10,6 +10,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -586,3 +587,23 @@ def test_rps_selects_with_the_target_direction_only():
         assert np.allclose(record["scores"], [target @ np.array(r) for r in record["rewards"]])
     assert select([1.0, 0.0], [[0.0, 5.0], None, [1.0, 0.0]]) == 2
     assert select([1.0, 0.0], [None]) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Example configs
+# ---------------------------------------------------------------------------------------------------------------
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("prefdata_*.yaml"))
+
+
+def test_every_method_has_an_example_config():
+    from metapo.prefdata.run import METHODS
+
+    assert {p.stem.removeprefix("prefdata_").replace("_", "-") for p in EXAMPLES} == set(METHODS)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_configs_are_valid(path):
+    from metapo.prefdata.run import check_config, load_config
+
+    check_config(path.stem.removeprefix("prefdata_").replace("_", "-"), load_config(path, []))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 from typing import Any
@@ -56,18 +55,6 @@ def register(subparsers: Any) -> None:
         method.set_defaults(handler=_build)
 
 
-_OPTIONS = {
-    "rso": ("metapo.prefdata.rso", "RSOOptions"),
-    "evolve": ("metapo.prefdata.evolve", "EvolveOptions"),
-    "upo": ("metapo.prefdata.upo", "UPOOptions"),
-    "mcts-dpo": ("metapo.prefdata.mcts", "MCTSOptions"),
-    "fspo": ("metapo.prefdata.fspo", "FSPOOptions"),
-    "mapl": ("metapo.prefdata.mapl", "MAPLOptions"),
-    "structured-po": ("metapo.prefdata.structured", "StructuredOptions"),
-    "rps": ("metapo.prefdata.rps", "RPSOptions"),
-}
-
-
 class _MethodParser(argparse.ArgumentParser):
     """A method's parser; its ``--help`` lists the method's options, imported only when help is asked for."""
 
@@ -79,8 +66,9 @@ class _MethodParser(argparse.ArgumentParser):
 
 def _options_help(method: str) -> str:
     """The method's ``options:`` keys with their defaults, from its options dataclass."""
-    module, name = _OPTIONS[method]
-    cls = getattr(importlib.import_module(module), name)
+    from metapo.prefdata.run import options_class
+
+    cls = options_class(method)
     lines = ["options (under 'options:' in the config):"]
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

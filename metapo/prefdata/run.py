@@ -28,7 +28,18 @@ from metapo.prefdata.common import (
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("rso", "evolve", "upo", "mcts-dpo", "fspo", "mapl", "structured-po", "rps")
+# Method name -> "module:options class".
+METHODS = {
+    "rso": "metapo.prefdata.rso:RSOOptions",
+    "evolve": "metapo.prefdata.evolve:EvolveOptions",
+    "upo": "metapo.prefdata.upo:UPOOptions",
+    "mcts-dpo": "metapo.prefdata.mcts:MCTSOptions",
+    "fspo": "metapo.prefdata.fspo:FSPOOptions",
+    "mapl": "metapo.prefdata.mapl:MAPLOptions",
+    "structured-po": "metapo.prefdata.structured:StructuredOptions",
+    "rps": "metapo.prefdata.rps:RPSOptions",
+}
+# Loops and the objective each trains with by default.
 LOOPS = {"evolve": "dpo", "upo": "upo", "mcts-dpo": "cdpo"}
 
 DEFAULT_RUBRIC = (
@@ -79,9 +90,37 @@ def load_config(path: str | Path | None, overrides: list[str]) -> BuildConfig:
     return from_dict(BuildConfig, data)
 
 
+def options_class(method: str) -> type:
+    """The dataclass of a method's ``options``."""
+    import importlib
+
+    module, name = METHODS[method].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def method_options(cls: type, cfg: BuildConfig) -> Any:
     """The method's options dataclass from ``cfg.options`` (unknown keys are an error naming the valid ones)."""
     return from_dict(cls, cfg.options, where="options.")
+
+
+def check_config(method: str, cfg: BuildConfig) -> None:
+    """Validate the method's options and, for loops, the training settings, before any model loads.
+
+    Raises:
+        ConfigError: Naming the bad key and the valid ones.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    method_options(options_class(method), cfg)
+    if method in LOOPS:
+        from metapo.train.preference import PreferenceConfig
+
+        known = {f.name for f in fields(PreferenceConfig)}
+        unknown = sorted(set(cfg.train) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown train setting(s) {unknown}; use PreferenceConfig fields (see train-pref --help)"
+            )
 
 
 def _rubric(cfg: BuildConfig, default: Any = None) -> Any:
@@ -152,8 +191,7 @@ def run_build(method: str, cfg: BuildConfig) -> dict[str, Any]:
     Raises:
         ConfigError: Bad or missing settings (the message names the key and the fix).
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_config(method, cfg)
     runner: Callable[[BuildConfig], dict[str, Any]] = {
         "rso": _rso,
         "evolve": _loop,
@@ -167,7 +205,13 @@ def run_build(method: str, cfg: BuildConfig) -> dict[str, Any]:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     if runner is _loop:
         return _loop(cfg, method)
-    return runner(cfg)
+    summary = runner(cfg)
+    if not summary.get("rows"):
+        logger.warning(
+            "%s built no rows: check that the judge answers and tells the responses apart, or sample more",
+            method,
+        )
+    return summary
 
 
 def _rso(cfg: BuildConfig) -> dict[str, Any]:
@@ -303,7 +347,6 @@ def _loop(cfg: BuildConfig, method: str) -> dict[str, Any]:
         train=train,
         generation=cfg.generation,
     )
-    _check_train_keys(train)
     model = _policy_path(cfg)
     rows = _prompt_rows(cfg.prompts, cfg.limit)
     eval_rows = _prompt_rows(cfg.eval_prompts, None, "eval_prompts") if cfg.eval_prompts else rows
@@ -325,17 +368,6 @@ def _loop(cfg: BuildConfig, method: str) -> dict[str, Any]:
         if judge is not None:
             judge.close()
     return {"rounds": history, "output_dir": cfg.output_dir, "objective": loop.objective}
-
-
-def _check_train_keys(train: dict[str, Any]) -> None:
-    from metapo.train.preference import PreferenceConfig
-
-    known = {f.name for f in fields(PreferenceConfig)}
-    unknown = sorted(set(train) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown train setting(s) {unknown}; use PreferenceConfig fields (see train-pref --help)"
-        )
 
 
 def _evolve_steps(cfg: BuildConfig, model: str, prompts: list, eval_prompts: list, reward: Any):
