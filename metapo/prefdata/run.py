@@ -192,20 +192,17 @@ def run_build(method: str, cfg: BuildConfig) -> dict[str, Any]:
         ConfigError: Bad or missing settings (the message names the key and the fix).
     """
     check_config(method, cfg)
-    runner: Callable[[BuildConfig], dict[str, Any]] = {
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    if method in LOOPS:
+        return _loop(cfg, method)
+    runners: dict[str, Callable[[BuildConfig], dict[str, Any]]] = {
         "rso": _rso,
-        "evolve": _loop,
-        "upo": _loop,
-        "mcts-dpo": _loop,
         "fspo": _fspo,
         "mapl": _mapl,
         "structured-po": _structured,
         "rps": _rps,
-    }[method]
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    if runner is _loop:
-        return _loop(cfg, method)
-    summary = runner(cfg)
+    }
+    summary = runners[method](cfg)
     if not summary.get("rows"):
         logger.warning(
             "%s built no rows: check that the judge answers and tells the responses apart, or sample more",
