@@ -101,7 +101,7 @@ def _trains(tiny_model_dir, tmp_path, rows, objective, **kwargs) -> float:
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
-    return float(loss)
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------------------------------
