@@ -78,11 +78,14 @@ def user_pairs(
         for every user and prompt whose best strictly beats the worst.
     """
     groups = policy.generate(list(prompts), samples_per_prompt)
+    n = samples_per_prompt
+    owners, flat = [p for p in prompts for _ in range(n)], [s.text for g in groups for s in g]
     rows: list[dict[str, Any]] = []
     for user, reward in personas.items():
-        for prompt, group in zip(prompts, groups, strict=True):
+        all_scores = score(reward, owners, flat)
+        for k, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
             texts = [s.text for s in group]
-            scores = score(reward, [prompt] * len(texts), texts)
+            scores = all_scores[k * n : (k + 1) * n]
             scored = [(s, i) for i, s in enumerate(scores) if s is not None]
             if len(scored) < 2:
                 continue

@@ -187,10 +187,13 @@ def build_rso(
     opts = options or RSOOptions()
     rng = np.random.default_rng(opts.seed)
     samples = policy.generate(list(prompts), opts.num_candidates)
+    n = opts.num_candidates
+    # One scoring call for every candidate, so the judge sees them concurrently.
+    all_scores = score(reward, [p for p in prompts for _ in range(n)], [s.text for g in samples for s in g])
     rows: list[dict[str, Any]] = []
-    for prompt, group in zip(prompts, samples, strict=True):
+    for k, (prompt, group) in enumerate(zip(prompts, samples, strict=True)):
         responses = [s.text for s in group]
-        scored = score(reward, [prompt] * len(responses), responses)
+        scored = all_scores[k * n : (k + 1) * n]
         keep = [i for i, r in enumerate(scored) if r is not None and math.isfinite(r)]
         if len(keep) < 2:
             continue

@@ -140,12 +140,12 @@ def build_structured(
     opts = options or StructuredOptions()
     prompts = [t["prompt"] for t in tasks]
     groups = policy.generate(prompts, opts.samples_per_prompt)
+    n = opts.samples_per_prompt
+    all_scores = scorer([p for p in prompts for _ in range(n)], [s.text for g in groups for s in g])
     rows: list[dict[str, Any]] = []
-    for task, group in zip(tasks, groups, strict=True):
+    for k, (task, group) in enumerate(zip(tasks, groups, strict=True)):
         chains = [s.text for s in group]
-        scored = [
-            (r, i) for i, r in enumerate(scorer([task["prompt"]] * len(chains), chains)) if r is not None
-        ]
+        scored = [(r, i) for i, r in enumerate(all_scores[k * n : (k + 1) * n]) if r is not None]
         if len(scored) < 2:
             continue
         (best, b), (worst, w) = (

@@ -287,10 +287,12 @@ def candidate_pairs(
 ) -> list[dict[str, Any]]:
     """Sample N responses per prompt, rank them by reward, and pair top-half winners with bottom-half losers."""
     groups = policy.generate(list(prompts), samples_per_prompt)
+    n = samples_per_prompt
+    all_scores = score(reward, [p for p in prompts for _ in range(n)], [s.text for g in groups for s in g])
     rows: list[dict[str, Any]] = []
-    for prompt, group in zip(prompts, groups, strict=True):
+    for k, (prompt, group) in enumerate(zip(prompts, groups, strict=True)):
         texts = [s.text for s in group]
-        scores = score(reward, [prompt] * len(texts), texts)
+        scores = all_scores[k * n : (k + 1) * n]
         kept = [i for i, s in enumerate(scores) if s is not None]
         ranked = [float(scores[i]) for i in kept]  # type: ignore[arg-type]
         for w, lose in top_bottom_pairs(ranked):
