@@ -56,6 +56,8 @@ DEFAULT_RATIONALE_TEMPLATE = (
 PAIR_SLOTS = ("chosen", "rejected", "gold", "rationale", "calibration", "online")
 LIST_SLOTS = ("list", "variants")
 _ARG = re.compile(r"^(policy|reference)_([a-z]+)_(logps|token_logps|hidden_states)$")
+# Per-example numbers an online trainer computes: log-probs under earlier iterates, preferences vs an opponent.
+_SCALAR = re.compile(r"^((previous|older)_[a-z]+_logps|[a-z]+_preference)$")
 _HEAD_ATTR = "preference_head"
 
 
@@ -308,6 +310,15 @@ class DataPlan:
         )
 
 
+def scalar_columns(spec: ObjectiveSpec) -> tuple[str, ...]:
+    """Per-example numbers the objective reads from the data by name (``_SCALAR``), e.g. ``chosen_preference``.
+
+    An online trainer supplies them (log-probabilities under earlier iterates, preferences against an opponent);
+    they travel through tokenisation and collation unchanged, one float per example.
+    """
+    return tuple(name for name in spec.inputs if _SCALAR.match(name))
+
+
 def _rank(row: Mapping[str, Any]) -> tuple[list[Any], list[float] | None]:
     """A listwise row's responses, best first, and their scores (None when the row has none)."""
     responses = list(row["responses"])
@@ -433,7 +444,7 @@ def prepare_dataset(
                 item["aux_margins"] = [
                     float(m) for m in (margins if isinstance(margins, list) else [margins])
                 ]
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        for key in ("ref_chosen_logps", "ref_rejected_logps", *scalar_columns(spec)):
             if row.get(key) is not None:
                 item[key] = float(row[key])
         if args.max_length is not None and len(item["prompt_ids"]) >= args.max_length:
@@ -469,12 +480,14 @@ class PreferenceCollator:
         slots: Slots to collate, in order.
         max_length: Truncation length (prompt + response, keeping the start), or ``None``.
         with_prompts: Also emit left-padded ``prompt_input_ids``/``prompt_attention_mask`` for generation.
+        scalars: Per-example number columns to pass through as ``(B,)`` tensors (see :func:`scalar_columns`).
     """
 
     pad_token_id: int
     slots: tuple[str, ...]
     max_length: int | None = None
     with_prompts: bool = False
+    scalars: tuple[str, ...] = ()
 
     def _rows(
         self, examples: list[dict[str, Any]], slot: str
@@ -547,9 +560,9 @@ class PreferenceCollator:
             batch["ref_token_logps"] = ref
         if "aux_margins" in examples[0]:
             batch["aux_margins"] = torch.tensor([ex["aux_margins"] for ex in examples])
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if all(key in ex for ex in examples):
-                batch[key] = torch.tensor([ex[key] for ex in examples])
+        for key in ("ref_chosen_logps", "ref_rejected_logps", *self.scalars):
+            if all(ex.get(key) is not None for ex in examples):
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
         if self.with_prompts:
             prompts = [ex["prompt_ids"] for ex in examples]
             width = max(len(p) for p in prompts)
@@ -613,7 +626,6 @@ class PreferenceTrainer(Trainer):
         self.spec = get_objective(args.objective)
         self.hparams = self.spec.hyperparameters(args.objective_kwargs or {})
         self.plan = DataPlan.for_objective(self.spec, self.hparams)
-        needs_reference = bool(self.plan.reference_slots) or self.plan.online_source == "reference"
 
         if isinstance(model, str):
             model_id = model
@@ -624,6 +636,19 @@ class PreferenceTrainer(Trainer):
             raise ValueError("processing_class is required when the model is passed as an instance")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+
+        train = prepare_dataset(train_dataset, processing_class, self.spec, self.hparams, args, self.plan)
+        evals = None
+        if eval_dataset is not None:
+            evals = prepare_dataset(eval_dataset, processing_class, self.spec, self.hparams, args, self.plan)
+        # Reference log-prob sums supplied with the data (an online trainer's mixed or earlier-iterate references)
+        # make a reference model unnecessary.
+        self.reference_supplied = self._reference_sums_supplied(train.column_names) and (
+            evals is None or self._reference_sums_supplied(evals.column_names)
+        )
+        needs_reference = (
+            bool(self.plan.reference_slots) and not self.reference_supplied
+        ) or self.plan.online_source == "reference"
 
         # The reference is a frozen copy of the initial weights; it must be taken before PEFT wraps the model.
         if needs_reference and ref_model is None and peft_config is None and not _is_peft(model):
@@ -639,10 +664,6 @@ class PreferenceTrainer(Trainer):
             if ref_model is not None:
                 _disable_dropout(ref_model)
 
-        train = prepare_dataset(train_dataset, processing_class, self.spec, self.hparams, args, self.plan)
-        evals = None
-        if eval_dataset is not None:
-            evals = prepare_dataset(eval_dataset, processing_class, self.spec, self.hparams, args, self.plan)
         # Optional slots (gold, calibration) are collated only when the data has them.
         self.slots = tuple(s for s in self.plan.slots if f"{s}_ids" in train.column_names)
         collator = PreferenceCollator(
@@ -650,6 +671,7 @@ class PreferenceTrainer(Trainer):
             slots=self.slots,
             max_length=args.max_length,
             with_prompts=self.plan.online_source is not None,
+            scalars=scalar_columns(self.spec),
         )
         super().__init__(
             model=model,
@@ -667,7 +689,7 @@ class PreferenceTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self.ref_model = self._prepare_reference(ref_model) if ref_model is not None else None
-        if args.precompute_ref_log_probs and self.plan.reference_slots:
+        if args.precompute_ref_log_probs and self.plan.reference_slots and not self.reference_supplied:
             self.train_dataset = self._precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_reference(self.eval_dataset)
@@ -690,6 +712,17 @@ class PreferenceTrainer(Trainer):
         )
 
     # -- reference --------------------------------------------------------------------------------------------
+
+    def _reference_sums_supplied(self, columns: Sequence[str]) -> bool:
+        """Whether the data carries ``ref_{slot}_logps`` for every reference input (all of them sequence sums)."""
+        wanted = [a for a in self.spec.inputs if a.startswith("reference_")]
+        slots = [_ARG.match(a).group(2) for a in wanted if _ARG.match(a) and a.endswith("_logps")]
+        return (
+            bool(wanted)
+            and len(slots) == len(wanted)
+            and all(not a.endswith("_token_logps") for a in wanted)
+            and all(f"ref_{slot}_logps" in columns for slot in slots)
+        )
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         ref_model.eval()
@@ -869,7 +902,9 @@ class PreferenceTrainer(Trainer):
             live_slots = [
                 s
                 for s in self.plan.reference_slots
-                if s in spans and (not precomputed or s == self.plan.generated_slot)
+                if s in spans
+                and (not precomputed or s == self.plan.generated_slot)
+                and f"ref_{s}_logps" not in inputs
             ]
             wanted: set[int] = set()
             for slot in live_slots:
