@@ -189,7 +189,9 @@ def apo(
 
     The reference is ``log π_t = (1+α)·log π̂_t − α·log π̂_{t−1}`` (the two last proximal iterates), exact up to its
     normaliser, which cancels in the DPO margin; the loss is DPO against it. Without ``older`` log-probs (the first
-    round) or with α = 0 this is iterative DPO against ``π̂_t``.
+    round) or with α = 0 this is iterative DPO against ``π̂_t``. ``metapo train-online`` samples the pairs from
+    ``π̂_t`` and starts each fit there; for Bradley–Terry preferences DPO's optimum does not depend on where the
+    pairs come from, so the proximal step is unchanged (checked on a table in ``tests/test_online_tabular.py``).
 
     Source: He et al., "Accelerated Preference Optimization for Large Language Model Alignment", arXiv 2410.06293,
     from memory of the paper: the momentum form is right; α (0.3 here) and whether the paper extrapolates log-probs

@@ -180,3 +180,53 @@ def win_rates(matrix: np.ndarray, *, self_play: bool) -> np.ndarray:
     if n < 2:
         return np.full(n, 0.5)
     return (m.sum(axis=1) - np.diag(m)) / (n - 1)
+
+
+class RewardModelScore:
+    """A sequence-classification reward model as a TRL-style reward function (its first logit is the score).
+
+    The prompt and completion are rendered as one conversation with the model's chat template when it has one
+    (else concatenated), as reward models are usually trained.
+
+    Args:
+        model_path: Local path or hub id of an ``AutoModelForSequenceClassification`` checkpoint.
+        batch_size: Texts per forward pass.
+        max_length: Truncation length in tokens.
+    """
+
+    def __init__(self, model_path: str, *, batch_size: int = 8, max_length: int = 1024) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def _text(self, prompt: Any, completion: Any) -> str:
+        answer = completion_text(completion)
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+            conversation = [*messages, {"role": "assistant", "content": answer}]
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        return f"{prompt_text(prompt)}{answer}"
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+        import torch
+
+        texts = [self._text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        scores: list[float] = []
+        with torch.no_grad():
+            for begin in range(0, len(texts), self.batch_size):
+                encoded = self.tokenizer(
+                    texts[begin : begin + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    add_special_tokens=False,
+                ).to(self.model.device)
+                scores.extend(self.model(**encoded).logits[:, 0].float().cpu().tolist())
+        return scores

@@ -227,9 +227,13 @@ def dpo_loss(
 def apo_loss(
     game: PreferenceGame, latest: Array, earlier: Array, beta: float, alpha: float
 ) -> PopulationLoss:
-    """APO's population loss: DPO against ``(1+α)·log latest − α·log earlier``, pairs from the extrapolated policy."""
-    sampler = _normalise((1 + alpha) * np.log(latest) - alpha * np.log(earlier))
-    pairs = labelled_pairs(sampler, game.P)
+    """APO's population loss: DPO against ``(1+α)·log latest − α·log earlier``, with pairs sampled from ``latest``.
+
+    The language-model trainer samples from the last fitted iterate ``π̂_t`` too (sampling the extrapolated policy
+    would need logit mixing at every decoding step); for Bradley–Terry preferences the DPO minimiser does not
+    depend on the sampling distribution, which the tests check against the closed form.
+    """
+    pairs = labelled_pairs(latest, game.P)
     prev, older = _t(np.log(latest)), _t(np.log(earlier))
 
     def loss(log_pi: torch.Tensor) -> torch.Tensor:

@@ -1070,6 +1070,61 @@ def _disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def completion_logps(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    max_length: int | None = 1024,
+    batch_size: int = 8,
+) -> tuple[list[float], list[float]]:
+    """Summed log-probabilities of each row's ``chosen`` and ``rejected`` completion under ``model``.
+
+    Rows are tokenised, truncated and padded exactly as :class:`PreferenceTrainer` does for a pair objective, and
+    the log-probabilities come from the same function, so a number computed here for a model equals the
+    ``policy_*_logps`` the trainer computes for it: this is how an online trainer supplies reference,
+    previous-iterate and mixed log-probs (``ref_*_logps``, ``previous_*_logps``) without a reference model.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        rows: ``{"prompt", "chosen", "rejected"}`` rows; every prompt must be shorter than ``max_length``.
+        max_length: Truncation length (prompt + response), as in :class:`PreferenceConfig`.
+        batch_size: Rows per forward pass.
+
+    Returns:
+        ``(chosen_logps, rejected_logps)``, one float per row.
+    """
+    from types import SimpleNamespace
+
+    spec = get_objective("dpo")
+    plan = DataPlan.for_objective(spec, spec.defaults)
+    # Only max_length matters for a plain pair objective; the other PreferenceConfig fields serve other objectives.
+    data = prepare_dataset(rows, tokenizer, spec, spec.defaults, SimpleNamespace(max_length=max_length), plan)
+    if len(data) != len(rows):
+        raise ValueError(
+            f"{len(rows) - len(data)} row(s) have prompts of max_length={max_length} tokens or more"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PreferenceCollator(pad_token_id=pad, slots=plan.slots, max_length=max_length)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen: list[float] = []
+    rejected: list[float] = []
+    with torch.no_grad():
+        for begin in range(0, len(data), batch_size):
+            batch = collator([data[i] for i in range(begin, min(begin + batch_size, len(data)))])
+            ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+            sums = masked_sum(_token_logps(logits, ids), batch["completion_mask"][:, 1:].to(device)).float()
+            half = sums.shape[0] // 2
+            chosen.extend(sums[:half].cpu().tolist())
+            rejected.extend(sums[half:].cpu().tolist())
+    model.train(was_training)
+    return chosen, rejected
+
+
 def evaluate_margins(trainer: PreferenceTrainer, dataset: Any | None = None) -> dict[str, float]:
     """Evaluate and return the reward and log-prob margins of the held-out pairs.
 
