@@ -135,6 +135,29 @@ def test_two_rounds_beat_the_round_zero_policy(method, byte_model, tmp_path):
         if get_method(method).targets:
             expected |= {"chosen_preference", "rejected_preference"}
         assert expected <= set(rows[0])
+        _check_log_prob_columns(get_method(method), rows[:3], initial=byte_model, previous=out / "round-0001")
+
+
+def _check_log_prob_columns(method, rows, *, initial: Path, previous: Path) -> None:
+    """Round 2's columns hold the log-probs of the right models: the initial policy, π_1, and π_0 before it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from metapo.train.preference import completion_logps
+
+    def logps(path: Path) -> np.ndarray:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        return np.array(completion_logps(model, AutoTokenizer.from_pretrained(path), rows, max_length=128))
+
+    models = {"ref": {"initial": initial, "previous": previous}.get(method.reference or "")}
+    models["previous"] = previous if method.previous else None
+    models["older"] = initial if method.older else None
+    for column, path in models.items():
+        if path is None:
+            continue
+        got = np.array(
+            [[r[f"{column}_chosen_logps"] for r in rows], [r[f"{column}_rejected_logps"] for r in rows]]
+        )
+        np.testing.assert_allclose(got, logps(path), atol=1e-4, err_msg=column)
 
 
 def test_initial_policy_wins_half_against_itself(byte_model, tmp_path):
@@ -206,6 +229,22 @@ def test_pairs_follow_each_method():
         cross=np.array([[0.2, 0.0], [0.0, 0.5]]),
     )  # fmt: skip
     assert xpo == [{"prompt": "x", "chosen": "r", "rejected": "p", "calibration": "r"}]
+
+
+def test_extragradient_targets_are_win_rates_against_the_look_ahead_samples():
+    from types import SimpleNamespace
+
+    samples = [["a", "b", "c"]]
+    cross = np.array([[0.9, 0.7, 0.5], [0.2, 0.4, 0.3], [0.5, 0.5, 0.5]])  # rows: samples; columns: opponents
+    fake = SimpleNamespace(
+        _preferences=lambda prompts, s, opponents: [cross] if opponents is not None else None
+    )
+    rows = [
+        {"prompt": "x", "chosen": "a", "rejected": "b", "chosen_preference": 0.3, "rejected_preference": -0.3}
+    ]
+    (row,) = OnlineTrainer._retarget(fake, rows, ["x"], samples, [["o1", "o2", "o3"]])
+    assert row["chosen_preference"] == pytest.approx(0.7 - 0.5)  # mean over all three opponents, centred
+    assert row["rejected_preference"] == pytest.approx(0.3 - 0.5)
 
 
 # ----- oracles -------------------------------------------------------------------------------------------------
