@@ -80,6 +80,14 @@ def test_minimax_winner_of_generalised_rps_is_b_c_a(a, b, c):
     np.testing.assert_allclose(P @ pi, 0.5, atol=1e-9)  # no action is preferred to the winner
 
 
+def test_minimax_winner_of_an_asymmetric_game_matches_the_hand_solution():
+    # Row payoffs [[3, −1], [−2, 1]]: the row player makes the column player indifferent,
+    # 3p − 2(1−p) = −p + (1−p), so p = 3/7 and the value is 1/7.
+    pi, value = minimax_winner(np.array([[3.0, -1.0], [-2.0, 1.0]]))
+    np.testing.assert_allclose(pi, [3 / 7, 4 / 7], atol=1e-9)
+    assert value == pytest.approx(1 / 7, abs=1e-9)
+
+
 def test_bradley_terry_matrix_is_transitive_and_its_winner_is_the_best_action():
     P = bradley_terry(np.array([0.2, 1.5, -0.3]))
     np.testing.assert_allclose(P + P.T, 1.0)
@@ -316,6 +324,29 @@ def test_nash_mp_regression_loss_minimiser_is_the_proximal_step():
     np.testing.assert_allclose(minimiser, nash_mp_half_step(game, anchor, opponent, eta), atol=1e-8)
 
 
+@pytest.mark.parametrize("step", [omd_step, nash_mp_step], ids=["omd", "nash_mp"])
+def test_regularised_nash_is_a_fixed_point_of_omd_and_nash_mp(step):
+    game = PreferenceGame(RPS, REF, 0.1)
+    nash = game.nash()
+    eta = 2.0 if step is omd_step else 0.5  # OMD's η is an inverse step size (η ≥ β)
+    np.testing.assert_allclose(step(game, nash, eta), nash, atol=1e-10)
+    assert np.abs(step(game, REF, eta) - REF).max() > 1e-3
+
+
+def test_nash_md_fixed_point_is_biased_by_its_mixture_and_the_bias_vanishes_with_eta():
+    # At a fixed point, β·log π = β·log ref + P·μ + c with μ ∝ π^{1−ηβ}·ref^{ηβ} (from the update's closed form):
+    # the regularised equilibrium only as η → 0.
+    game = PreferenceGame(RPS, REF, 0.1)
+    nash = game.nash()
+    distances = []
+    for eta in (1.0, 0.25):
+        limit = iterate(lambda p, e=eta: nash_md_step(game, p, e), REF, 3000)[-1]
+        mixture = softmax((1 - eta * game.beta) * np.log(limit) + eta * game.beta * np.log(REF))
+        np.testing.assert_allclose(limit, softmax(np.log(REF) + RPS @ mixture / game.beta), atol=1e-9)
+        distances.append(kl(nash, limit))
+    assert distances[0] > distances[1] > 0
+
+
 def test_nash_mp_kl_decays_geometrically_and_faster_than_omd_and_nash_md():
     game = PreferenceGame(RPS, REF, 0.1)
     nash = game.nash()
@@ -365,3 +396,11 @@ def test_spo_self_play_time_average_approaches_the_minimax_winner():
     )
     assert game.duality_gap(average) < 0.04 < start_gap
     assert np.abs(average - WINNER).sum() < 0.12
+
+
+def test_spo_self_play_finds_a_condorcet_winner():
+    # With transitive preferences the minimax winner is the best action: self-play must climb to it (a cycle
+    # around an interior equilibrium, as in rock-paper-scissors, would not tell ascent from descent).
+    game = PreferenceGame(bradley_terry(np.array([0.0, 1.0, -1.0]), temperature=0.5), None, 0.0)
+    policies = spo_self_play(game, np.zeros(3), lr=0.3, iterations=150, group_size=4, groups=16, seed=0)
+    assert policies[-1][1] > 0.9

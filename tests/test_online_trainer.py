@@ -221,9 +221,13 @@ def test_pairs_follow_each_method():
     gpo = build_pairs(get_method("gpo"), "x", samples, matrix)
     logit = np.log(matrix[0, 1:] / (1 - matrix[0, 1:])).mean()
     assert gpo[0]["chosen_preference"] == pytest.approx(logit)
-    # INPO keeps a best/worst pair only when the oracle itself prefers the best one.
-    intransitive = np.array([[0.5, 1.0, 0.0], [0.0, 0.5, 1.0], [1.0, 0.0, 0.5]])
-    assert build_pairs(get_method("inpo"), "x", ["a", "b", "c"], intransitive) == []
+    # INPO keeps a best/worst pair only when the oracle itself prefers the best one: here a has the best win
+    # rate (2/3) and d the worst (1/3), yet d beats a.
+    cyclic = np.array([[0.5, 1, 1, 0], [0, 0.5, 0.5, 1], [0, 0.5, 0.5, 1], [1, 0, 0, 0.5]])
+    assert build_pairs(get_method("inpo"), "x", samples, cyclic) == []
+    assert [(r["chosen"], r["rejected"]) for r in build_pairs(get_method("sppo"), "x", samples, cyclic)] == [
+        ("a", "d")
+    ]
     xpo = build_pairs(
         get_method("xpo"), "x", ["p", "q"], np.empty((0, 0)), reference_samples=["r", "q"],
         cross=np.array([[0.2, 0.0], [0.0, 0.5]]),
