@@ -95,7 +95,7 @@ METHODS: dict[str, OnlineMethod] = {
             previous=True,
             older=True,
             confirm=True,
-            summary="iterative DPO against the extrapolated policy (1+α)·log π̂_t − α·log π̂_{t−1}",
+            summary="iterative DPO against the extrapolated reference (1+α)·log π̂_t − α·log π̂_{t−1}",
         ),
         OnlineMethod(
             "xpo",

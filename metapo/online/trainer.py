@@ -503,7 +503,7 @@ class OnlineTrainer:
             "learning_rate": 1e-6,
             "per_device_train_batch_size": 4,
             "num_train_epochs": 1,
-            "logging_steps": 1,
+            "logging_steps": 10,
             "disable_tqdm": True,
         }
         settings.update(self.config.training)
@@ -604,7 +604,7 @@ class OnlineTrainer:
             "learning_rate": 1e-6,
             "per_device_train_batch_size": k,
             "num_train_epochs": 1,
-            "logging_steps": 1,
+            "logging_steps": 10,
             "disable_tqdm": True,
             "beta": 0.0,
         }
