@@ -623,6 +623,8 @@ def _inputs_for(name: str) -> tuple[dict[str, torch.Tensor], list[tuple[str, flo
             value = -0.1 * torch.rand(B, T, generator=g)
         elif arg.endswith("_preference"):  # centred win rates: the chosen response beats the opponent
             value = torch.full((B,), 0.3 if arg.startswith("chosen") else -0.3)
+        elif arg == "pair_smoothing":
+            value = torch.full((B,), 0.1)
         elif arg == "variants_degree_logits":
             value = torch.randn(B, hp["max_removed"] + 1, hp["max_removed"] + 1, generator=g)
         else:
@@ -661,7 +663,7 @@ def test_gradient_signs(name):
 def test_registry_metadata_complete():
     expected = {
         "dpo", "ipo", "cdpo", "hinge", "robust_dpo", "ld_dpo", "rpo", "simpo", "triple_po", "modpo",
-        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po",
+        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "upo",
         "online_dpo", "online_ipo", "egpo", "inpo", "sppo", "gpo", "apo", "xpo", "nash_mp",
     }  # fmt: skip
     assert set(REGISTRY) == expected

@@ -33,6 +33,7 @@ from .pairwise import (
     rpo,
     simpo,
     triple_po,
+    upo,
     vpo,
 )
 from .registry import REGISTRY, ObjectiveSpec, get_objective, list_objectives
@@ -82,6 +83,7 @@ __all__ = [
     "token_kl",
     "tree_po",
     "triple_po",
+    "upo",
     "vpo",
     "xpo",
 ]
