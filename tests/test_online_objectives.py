@@ -163,7 +163,8 @@ def test_sppo_with_hard_labels_is_half_of_trl_sppo_hard(tiny):
         got = ours.compute_loss(ours.model, batch).item()
     logger.info("TRL agreement sppo (hard) vs DPOTrainer sppo_hard: ours×2 %.8f TRL %.8f", 2 * got, expected)
     assert 2 * got == pytest.approx(expected, abs=2e-5)
-    assert expected > 10.0  # not a vacuous comparison: the targets ±1/(2β) are far from the current log-ratios
+    # Not a vacuous comparison: the targets ±1/(2β) are far from the current log-ratios.
+    assert expected > 10.0
 
 
 def test_online_dpo_matches_trl_experimental_online_dpo_on_the_same_samples(tiny):
