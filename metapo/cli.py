@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = (
     "metapo.train.cli",
     "metapo.train.preference_cli",
+    "metapo.online.cli",
+    "metapo.prefdata.cli",
     "metapo.eval.cli",
     "metapo.report.cli",
     "metapo.judges.cli",

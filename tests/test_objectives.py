@@ -621,6 +621,10 @@ def _inputs_for(name: str) -> tuple[dict[str, torch.Tensor], list[tuple[str, flo
             value = torch.randn(B, len(hp["weights"]) - 1, generator=g)
         elif arg.endswith("_token_kl"):
             value = -0.1 * torch.rand(B, T, generator=g)
+        elif arg.endswith("_preference"):  # centred win rates: the chosen response beats the opponent
+            value = torch.full((B,), 0.3 if arg.startswith("chosen") else -0.3)
+        elif arg == "pair_smoothing":
+            value = torch.full((B,), 0.1)
         elif arg == "variants_degree_logits":
             value = torch.randn(B, hp["max_removed"] + 1, hp["max_removed"] + 1, generator=g)
         else:
@@ -661,7 +665,8 @@ def test_gradient_signs(name):
 def test_registry_metadata_complete():
     expected = {
         "dpo", "ipo", "cdpo", "hinge", "robust_dpo", "ld_dpo", "rpo", "simpo", "triple_po", "modpo",
-        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "implicit_sft",
+        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "upo", "implicit_sft",
+        "online_dpo", "online_ipo", "egpo", "inpo", "sppo", "gpo", "apo", "xpo", "nash_mp",
     }  # fmt: skip
     assert set(REGISTRY) == expected
     for spec in REGISTRY.values():

@@ -23,6 +23,7 @@ from metapo.train.preference import (
     evaluate_margins,
     load_builtin_preferences,
     prepare_dataset,
+    scalar_columns,
     step_ids_for,
 )
 from metapo.train.preference_cli import build_config, objectives_table, parse_overrides, register
@@ -74,6 +75,10 @@ def _trainer(tiny, tmp_path, objective: str, data=None, **kwargs) -> PreferenceT
     spec = get_objective(objective)
     if data is None:
         data = (tiny.lists if spec.data == "list" else tiny.pairs).select(range(4))
+        # Online objectives read per-example numbers an online trainer would supply (earlier-iterate log-probs,
+        # preferences against an opponent); any distinct values exercise them.
+        for k, name in enumerate(scalar_columns(spec)):
+            data = data.add_column(name, [(-1.0) ** (i + k) * (0.2 + 0.1 * i) for i in range(len(data))])
     peft_config = kwargs.pop("peft_config", None)
     ref_model = kwargs.pop("ref_model", None)
     return PreferenceTrainer(

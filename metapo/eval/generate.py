@@ -313,6 +313,15 @@ class _VLLMGenerator:
         return results
 
 
+def make_generator(model_path: str, settings: GenerationSettings) -> Any:
+    """A loaded generator, ``generator(rendered_prompts, seed) -> [(text, finish_reason, n_tokens)]``.
+
+    ``settings.backend`` picks it: ``"vllm"``, ``"hf"``, or ``"auto"`` (vLLM when importable with CUDA). The
+    generator's ``tokenizer`` renders prompts (:func:`render_prompt`).
+    """
+    return (_VLLMGenerator if _want_vllm(settings.backend) else _HFGenerator)(model_path, settings)
+
+
 # ----- entry point -------------------------------------------------------------------------------------------
 def generate(
     model_path_or_run: str | Path,
@@ -389,7 +398,7 @@ def generate(
         "%s: %d of %d rows to generate (%d already in %s)", name, len(todo), len(rows), len(done), out
     )
     if todo:
-        generator = (_VLLMGenerator if settings.backend == "vllm" else _HFGenerator)(path, settings)
+        generator = make_generator(path, settings)
         tokenizer = generator.tokenizer
         meta = {
             "model": name,

@@ -19,6 +19,7 @@ from .base import (
 from .fewshot import build_user_contexts, format_fewshot_prompt
 from .implicit import implicit_sft
 from .listwise import adaptive_step_weights, lambda_weights, pro, tree_po
+from .nash import apo, extrapolate, geometric_mixture, inpo, nash_mp, online_ipo, sppo, xpo
 from .pairwise import (
     cdpo,
     dpo,
@@ -33,6 +34,7 @@ from .pairwise import (
     rpo,
     simpo,
     triple_po,
+    upo,
     vpo,
 )
 from .registry import REGISTRY, ObjectiveSpec, get_objective, list_objectives
@@ -46,16 +48,20 @@ __all__ = [
     "ObjectiveSpec",
     "SparseTokenMasks",
     "adaptive_step_weights",
+    "apo",
     "batch_token_mean_nll",
     "build_user_contexts",
     "cdpo",
     "dpo",
+    "extrapolate",
     "format_fewshot_prompt",
     "fspo",
+    "geometric_mixture",
     "get_objective",
     "hinge",
     "hypo",
     "implicit_sft",
+    "inpo",
     "ipo",
     "lambda_weights",
     "ld_dpo",
@@ -65,6 +71,8 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "modpo",
+    "nash_mp",
+    "online_ipo",
     "pro",
     "rationale_dpo",
     "robust_dpo",
@@ -73,8 +81,11 @@ __all__ = [
     "simpo",
     "sparse_po",
     "spo_selfsup",
+    "sppo",
     "token_kl",
     "tree_po",
     "triple_po",
+    "upo",
     "vpo",
+    "xpo",
 ]

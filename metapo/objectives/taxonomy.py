@@ -84,6 +84,16 @@ PLACEMENTS: dict[str, Placement] = {
     "pro": P("list", "sentence", "offline", "free", optimization="likelihood"),
     "tree_po": P("list", "step", "offline", "fixed"),
     "implicit_sft": P("point", "token", "offline", "fixed", divergence="diversity"),
+    "upo": P("pair", "sentence", "online", "dynamic", quality="noise", optimization="likelihood"),
+    "online_dpo": P("pair", "sentence", "online", "fixed"),
+    "online_ipo": P("pair", "sentence", "online", "fixed", objective="self-play"),
+    "egpo": P("pair", "sentence", "online", "fixed", objective="self-play"),
+    "inpo": P("pair", "sentence", "online", "dynamic", objective="self-play"),
+    "sppo": P("pair", "sentence", "online", "dynamic", objective="self-play"),
+    "gpo": P("pair", "sentence", "online", "dynamic", objective="self-play"),
+    "apo": P("pair", "sentence", "online", "dynamic"),
+    "xpo": P("pair", "sentence", "online", "fixed"),
+    "nash_mp": P("pair", "sentence", "online", "dynamic", objective="self-play"),
 }
 
 

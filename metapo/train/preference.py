@@ -11,8 +11,11 @@ Data: rows with ``prompt``, ``chosen``, ``rejected`` (strings or chat messages),
 ``responses`` and optional ``scores``; pairwise objectives take the best and worst of a list, listwise objectives
 take a pair as a list of two. Extra columns are read when the objective uses them: ``rationale`` (RDPO), ``gold`` or
 ``reference`` (Triple PO), ``aux_margins`` or ``aux_rewards_chosen``/``aux_rewards_rejected`` (MODPO),
-``calibration`` (VPO), ``user_context`` or ``user`` (FSPO), ``degree_variants`` (SPO), and TRL-style precomputed
-``ref_chosen_logps``/``ref_rejected_logps``.
+``calibration`` (VPO), ``user_context`` or ``user`` (FSPO), ``degree_variants`` (SPO), ``pair_smoothing`` (per-pair
+label smoothing: cDPO, UPO, MCTS-DPO), and TRL-style precomputed ``ref_chosen_logps``/``ref_rejected_logps``. Two
+columns change how a pair is encoded: ``rejected_prompt`` conditions the rejected response on its own prompt (MAPL's
+prompt-side pairs compare ``π(y | x⁺)`` with ``π(y | x⁻)``), and ``partial: true`` marks completions that are not
+finished responses (MCTS-DPO's reasoning steps), so no end-of-sequence token is appended to them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ PAIR_SLOTS = ("chosen", "rejected", "gold", "rationale", "calibration", "online"
 LIST_SLOTS = ("list", "variants")
 _ARG = re.compile(r"^(policy|reference)_([a-z]+)_(logps|token_logps|hidden_states)$")
 _HEAD_ATTR = "preference_head"
+# Per-example numbers the collator stacks into ``(B,)`` tensors when every example of a batch has them.
+EXAMPLE_SCALARS = ("ref_chosen_logps", "ref_rejected_logps", "pair_smoothing")
+# More of them, when an objective names them as inputs (see ``scalar_columns``): log-probs under earlier
+# iterates and preferences against an opponent, which an online trainer computes.
+_SCALAR = re.compile(r"^((previous|older)_[a-z]+_logps|[a-z]+_preference)$")
 
 
 @dataclass
@@ -177,19 +185,21 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list, **kwargs: Any)
 
 
 def encode_pair_prompt(
-    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: Sequence[Any]
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: Sequence[Any], *, add_eos: bool = True
 ) -> tuple[list[int], list[list[int]]]:
     """Tokenise one prompt with several completions; return the shared prompt ids and each completion's ids.
 
     The completion starts where the tokenised prompt and the tokenised prompt + completion first differ (chat
     templates and BPE merges can change the last prompt tokens), using the smallest such point over all
-    completions so that every sequence shares the same prompt. Plain-text completions get the EOS token appended;
-    chat completions end with the template's end-of-turn token.
+    completions so that every sequence shares the same prompt. Plain-text completions get the EOS token appended
+    (unless ``add_eos`` is false: partial completions such as one reasoning step); chat completions end with the
+    template's end-of-turn token.
 
     Args:
         tokenizer: The tokenizer.
         prompt: A string or a list of chat messages.
         completions: Strings, or lists of assistant messages for chat prompts.
+        add_eos: Append EOS to plain-text completions that do not already end with it.
 
     Returns:
         ``(prompt_ids, [completion_ids, ...])``.
@@ -205,7 +215,7 @@ def encode_pair_prompt(
     else:
         # Special tokens as the tokenizer adds them (BOS for Llama-style tokenizers), as TRL does.
         prompt_ids = tokenizer(prompt)["input_ids"]
-        eos = tokenizer.eos_token or ""
+        eos = (tokenizer.eos_token or "") if add_eos else ""
         fulls = []
         for completion in completions:
             text = _text(completion)
@@ -308,6 +318,15 @@ class DataPlan:
         )
 
 
+def scalar_columns(spec: ObjectiveSpec) -> tuple[str, ...]:
+    """Per-example numbers the objective reads from the data by name (``_SCALAR``), e.g. ``chosen_preference``.
+
+    An online trainer supplies them (log-probabilities under earlier iterates, preferences against an opponent);
+    they travel through tokenisation and collation unchanged, one float per example.
+    """
+    return tuple(name for name in spec.inputs if _SCALAR.match(name))
+
+
 def _rank(row: Mapping[str, Any]) -> tuple[list[Any], list[float] | None]:
     """A listwise row's responses, best first, and their scores (None when the row has none)."""
     responses = list(row["responses"])
@@ -361,6 +380,13 @@ def prepare_dataset(
         raise ValueError(f"objective {spec.name!r} needs column(s) {missing}")
     if plan.kind == "pair":
         rows = [_canonical_pair(r) for r in rows]
+    for key in (*EXAMPLE_SCALARS, *scalar_columns(spec)):
+        present = [r.get(key) is not None for r in rows]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"column {key!r} is set in some rows but not in row {present.index(False)}: set it in all"
+            )
+    own_rejected_prompt = plan.kind == "pair" and any(r.get("rejected_prompt") is not None for r in rows)
     contexts: list[list[dict[str, Any]]] | None = None
     if spec.name == "fspo":
         if rows[0].get("user_context") is not None:
@@ -401,8 +427,18 @@ def prepare_dataset(
                 variants = row.get("degree_variants") or make_degree_variants(
                     _text(row["chosen"]), max_removed=int(hp["max_removed"])
                 )
+            add_eos = not row.get("partial")
+            if own_rejected_prompt:
+                rejected_prompt = row.get("rejected_prompt")
+                rejected_prompt = prompt if rejected_prompt is None else rejected_prompt
+                r_prompt_ids, (r_ids,) = encode_pair_prompt(
+                    tokenizer, rejected_prompt, [completions.pop("rejected")], add_eos=add_eos
+                )
+                item["rejected_prompt_ids"], item["rejected_ids"] = r_prompt_ids, r_ids
             names = list(completions)
-            prompt_ids, ids = encode_pair_prompt(tokenizer, prompt, [*completions.values(), *variants])
+            prompt_ids, ids = encode_pair_prompt(
+                tokenizer, prompt, [*completions.values(), *variants], add_eos=add_eos
+            )
             item["prompt_ids"] = prompt_ids
             for name, completion_ids in zip(names, ids, strict=False):
                 item[f"{name}_ids"] = completion_ids
@@ -433,10 +469,11 @@ def prepare_dataset(
                 item["aux_margins"] = [
                     float(m) for m in (margins if isinstance(margins, list) else [margins])
                 ]
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        for key in (*EXAMPLE_SCALARS, *scalar_columns(spec)):
             if row.get(key) is not None:
                 item[key] = float(row[key])
-        if args.max_length is not None and len(item["prompt_ids"]) >= args.max_length:
+        longest_prompt = max(len(item["prompt_ids"]), len(item.get("rejected_prompt_ids") or ()))
+        if args.max_length is not None and longest_prompt >= args.max_length:
             continue  # nothing of the response would survive truncation
         out.append(item)
     dropped = len(rows) - len(out)
@@ -469,12 +506,14 @@ class PreferenceCollator:
         slots: Slots to collate, in order.
         max_length: Truncation length (prompt + response, keeping the start), or ``None``.
         with_prompts: Also emit left-padded ``prompt_input_ids``/``prompt_attention_mask`` for generation.
+        scalars: Per-example number columns to pass through as ``(B,)`` tensors (see :func:`scalar_columns`).
     """
 
     pad_token_id: int
     slots: tuple[str, ...]
     max_length: int | None = None
     with_prompts: bool = False
+    scalars: tuple[str, ...] = ()
 
     def _rows(
         self, examples: list[dict[str, Any]], slot: str
@@ -487,8 +526,8 @@ class PreferenceCollator:
                 for j in range(n):
                     rows.append((ex["prompt_ids"], items[j] if j < len(items) else []))
             return rows, n
-        key = "rationale_prompt_ids" if slot == "rationale" else "prompt_ids"
-        return [(ex[key], ex[f"{slot}_ids"]) for ex in examples], 1
+        # A slot with its own prompt (RDPO's rationale, MAPL's rejected x⁻) reads it from "{slot}_prompt_ids".
+        return [(ex.get(f"{slot}_prompt_ids") or ex["prompt_ids"], ex[f"{slot}_ids"]) for ex in examples], 1
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         sequences: list[tuple[list[int], list[int]]] = []
@@ -547,9 +586,9 @@ class PreferenceCollator:
             batch["ref_token_logps"] = ref
         if "aux_margins" in examples[0]:
             batch["aux_margins"] = torch.tensor([ex["aux_margins"] for ex in examples])
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if all(key in ex for ex in examples):
-                batch[key] = torch.tensor([ex[key] for ex in examples])
+        for key in (*EXAMPLE_SCALARS, *self.scalars):
+            if all(ex.get(key) is not None for ex in examples):
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples])
         if self.with_prompts:
             prompts = [ex["prompt_ids"] for ex in examples]
             width = max(len(p) for p in prompts)
@@ -613,7 +652,6 @@ class PreferenceTrainer(Trainer):
         self.spec = get_objective(args.objective)
         self.hparams = self.spec.hyperparameters(args.objective_kwargs or {})
         self.plan = DataPlan.for_objective(self.spec, self.hparams)
-        needs_reference = bool(self.plan.reference_slots) or self.plan.online_source == "reference"
 
         if isinstance(model, str):
             model_id = model
@@ -624,6 +662,19 @@ class PreferenceTrainer(Trainer):
             raise ValueError("processing_class is required when the model is passed as an instance")
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+
+        train = prepare_dataset(train_dataset, processing_class, self.spec, self.hparams, args, self.plan)
+        evals = None
+        if eval_dataset is not None:
+            evals = prepare_dataset(eval_dataset, processing_class, self.spec, self.hparams, args, self.plan)
+        # Reference log-prob sums supplied with the data (an online trainer's mixed or earlier-iterate references)
+        # make a reference model unnecessary.
+        self.reference_supplied = self._reference_sums_supplied(train.column_names) and (
+            evals is None or self._reference_sums_supplied(evals.column_names)
+        )
+        needs_reference = (
+            bool(self.plan.reference_slots) and not self.reference_supplied
+        ) or self.plan.online_source == "reference"
 
         # The reference is a frozen copy of the initial weights; it must be taken before PEFT wraps the model.
         if needs_reference and ref_model is None and peft_config is None and not _is_peft(model):
@@ -639,10 +690,6 @@ class PreferenceTrainer(Trainer):
             if ref_model is not None:
                 _disable_dropout(ref_model)
 
-        train = prepare_dataset(train_dataset, processing_class, self.spec, self.hparams, args, self.plan)
-        evals = None
-        if eval_dataset is not None:
-            evals = prepare_dataset(eval_dataset, processing_class, self.spec, self.hparams, args, self.plan)
         # Optional slots (gold, calibration) are collated only when the data has them.
         self.slots = tuple(s for s in self.plan.slots if f"{s}_ids" in train.column_names)
         collator = PreferenceCollator(
@@ -650,6 +697,7 @@ class PreferenceTrainer(Trainer):
             slots=self.slots,
             max_length=args.max_length,
             with_prompts=self.plan.online_source is not None,
+            scalars=scalar_columns(self.spec),
         )
         super().__init__(
             model=model,
@@ -667,7 +715,7 @@ class PreferenceTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self.ref_model = self._prepare_reference(ref_model) if ref_model is not None else None
-        if args.precompute_ref_log_probs and self.plan.reference_slots:
+        if args.precompute_ref_log_probs and self.plan.reference_slots and not self.reference_supplied:
             self.train_dataset = self._precompute_reference(self.train_dataset)
             if self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_reference(self.eval_dataset)
@@ -690,6 +738,17 @@ class PreferenceTrainer(Trainer):
         )
 
     # -- reference --------------------------------------------------------------------------------------------
+
+    def _reference_sums_supplied(self, columns: Sequence[str]) -> bool:
+        """Whether the data carries ``ref_{slot}_logps`` for every reference input (all of them sequence sums)."""
+        wanted = [a for a in self.spec.inputs if a.startswith("reference_")]
+        slots = [_ARG.match(a).group(2) for a in wanted if _ARG.match(a) and a.endswith("_logps")]
+        return (
+            bool(wanted)
+            and len(slots) == len(wanted)
+            and all(not a.endswith("_token_logps") for a in wanted)
+            and all(f"ref_{slot}_logps" in columns for slot in slots)
+        )
 
     def _prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         ref_model.eval()
@@ -869,7 +928,9 @@ class PreferenceTrainer(Trainer):
             live_slots = [
                 s
                 for s in self.plan.reference_slots
-                if s in spans and (not precomputed or s == self.plan.generated_slot)
+                if s in spans
+                and (not precomputed or s == self.plan.generated_slot)
+                and f"ref_{s}_logps" not in inputs
             ]
             wanted: set[int] = set()
             for slot in live_slots:
@@ -1033,6 +1094,61 @@ def _disable_dropout(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+
+
+def completion_logps(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    max_length: int | None = 1024,
+    batch_size: int = 8,
+) -> tuple[list[float], list[float]]:
+    """Summed log-probabilities of each row's ``chosen`` and ``rejected`` completion under ``model``.
+
+    Rows are tokenised, truncated and padded exactly as :class:`PreferenceTrainer` does for a pair objective, and
+    the log-probabilities come from the same function, so a number computed here for a model equals the
+    ``policy_*_logps`` the trainer computes for it: this is how an online trainer supplies reference,
+    previous-iterate and mixed log-probs (``ref_*_logps``, ``previous_*_logps``) without a reference model.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        rows: ``{"prompt", "chosen", "rejected"}`` rows; every prompt must be shorter than ``max_length``.
+        max_length: Truncation length (prompt + response), as in :class:`PreferenceConfig`.
+        batch_size: Rows per forward pass.
+
+    Returns:
+        ``(chosen_logps, rejected_logps)``, one float per row.
+    """
+    from types import SimpleNamespace
+
+    spec = get_objective("dpo")
+    plan = DataPlan.for_objective(spec, spec.defaults)
+    # Only max_length matters for a plain pair objective; the other PreferenceConfig fields serve other objectives.
+    data = prepare_dataset(rows, tokenizer, spec, spec.defaults, SimpleNamespace(max_length=max_length), plan)
+    if len(data) != len(rows):
+        raise ValueError(
+            f"{len(rows) - len(data)} row(s) have prompts of max_length={max_length} tokens or more"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PreferenceCollator(pad_token_id=pad, slots=plan.slots, max_length=max_length)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen: list[float] = []
+    rejected: list[float] = []
+    with torch.no_grad():
+        for begin in range(0, len(data), batch_size):
+            batch = collator([data[i] for i in range(begin, min(begin + batch_size, len(data)))])
+            ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+            sums = masked_sum(_token_logps(logits, ids), batch["completion_mask"][:, 1:].to(device)).float()
+            half = sums.shape[0] // 2
+            chosen.extend(sums[:half].cpu().tolist())
+            rejected.extend(sums[half:].cpu().tolist())
+    model.train(was_training)
+    return chosen, rejected
 
 
 def evaluate_margins(trainer: PreferenceTrainer, dataset: Any | None = None) -> dict[str, float]:
