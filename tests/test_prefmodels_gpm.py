@@ -120,7 +120,8 @@ def test_gpm_trainer_learns_rock_paper_scissors(tiny_model_dir: Path, tmp_path: 
         disable_tqdm=True,
         seed=0,
     )
-    model = RewardModel.load(train_reward_model(config, rows))
+    saved = train_reward_model(config, rows)
+    model = RewardModel.load(saved)
     names = ["Rock.", "Paper.", "Scissors."]
     probs = [model.preference("Pick one.", names[w], names[lo]) for w, lo in CYCLE]
     np.testing.assert_allclose(probs, Q, atol=0.03)
@@ -130,6 +131,11 @@ def test_gpm_trainer_learns_rock_paper_scissors(tiny_model_dir: Path, tmp_path: 
     matrix = asyncio.run(model.preferences("Pick one.", names))
     np.testing.assert_allclose(matrix + matrix.T, 1.0, atol=1e-6)
     np.testing.assert_allclose([matrix[w, lo] for w, lo in CYCLE], probs, atol=1e-6)
+    # `metapo train-online` with oracle.kind=reward_model uses exactly this oracle for a saved GPM.
+    from metapo.online.trainer import OracleConfig, build_oracle
+
+    oracle = build_oracle(OracleConfig(kind="reward_model", reward_model=str(saved)), None, tmp_path)
+    np.testing.assert_allclose(asyncio.run(oracle.preferences("Pick one.", names)), matrix, atol=1e-6)
     # As a reward function, each response's centred score against the other two is 0 on a perfect cycle.
     rewards = model.rewards(["Pick one."] * 3, names)
     np.testing.assert_allclose(rewards, 0.0, atol=0.1)
