@@ -85,7 +85,9 @@ def resolve_model(model_path_or_run: str | Path) -> tuple[str, str]:
         from metapo.models.embedded import resolve_policy
 
         return str(resolve_policy(str(model_path_or_run))), str(model_path_or_run).split(":", 1)[1]
-    path = Path(model_path_or_run).expanduser()
+    from metapo.files import check_model_spec
+
+    path = Path(check_model_spec(str(model_path_or_run), "--model")).expanduser()
     if not path.exists():
         return str(model_path_or_run), str(model_path_or_run).rstrip("/").split("/")[-1]
     if _is_model_dir(path):
@@ -429,9 +431,9 @@ def _rows(data: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
 
 def load_generations(path: str | Path) -> tuple[str, dict[str, dict[str, Any]]]:
     """Read a generations file: ``(model name, {id: record})``; the first record of a repeated id wins."""
-    from metapo.files import read_jsonl
+    from metapo.files import read_jsonl, require_file
 
-    records = read_jsonl(Path(path))
+    records = read_jsonl(require_file(path, "generations file"))
     if not records:
         raise ValueError(f"{path} holds no generation records")
     name = str(records[0].get("model") or Path(path).stem)
