@@ -320,11 +320,13 @@ def read_local_file(path: Path) -> list[dict[str, Any]]:
             raise TaskDataError(f"cannot read Parquet file {path}: {exc}") from exc
     if path.suffix not in (".jsonl", ".json"):
         raise TaskDataError(f"unsupported data file {path}; use .jsonl, .json or .parquet")
-    text = path.read_text(encoding="utf-8")
+    from metapo.files import read_user_text
+
+    text = read_user_text(path, "data file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             # Many ".json" dumps (including the Hub's) are really JSON Lines.
             return _parse_jsonl(text, str(path))
         if isinstance(data, dict):
@@ -360,13 +362,16 @@ def read_hub(name: str, split: str) -> list[dict[str, Any]]:
 
 def _parse_jsonl(text: str, where: str) -> list[dict[str, Any]]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which JSON strings may hold raw.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TaskDataError(f"{where}, line {lineno}: not valid JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise TaskDataError(f"{where}, line {lineno}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise TaskDataError(f"{where}, line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
