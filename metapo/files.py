@@ -7,6 +7,7 @@ so such text round-trips instead of crashing the writer.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -124,15 +125,31 @@ def atomic_write_text(path: Path, text: str, *, exclusive: bool = False) -> None
             handle.flush()
             os.fsync(handle.fileno())
         if exclusive:
-            # link() fails if the name exists, so two writers can never both claim one version number.
-            os.link(tmp, path)
-            os.unlink(tmp)
+            _claim(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _claim(tmp: str, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless that name exists (then FileExistsError)."""
+    try:
+        # link() fails if the name exists, so two writers can never both claim one version number.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        # No hard links here (some network and FUSE filesystems): claim the name by exclusive creation, then
+        # swap the content in atomically. A crash in between leaves an empty file, which readers skip.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def atomic_write_json(path: Path, data: Any, *, exclusive: bool = False) -> None:

@@ -13,6 +13,8 @@ Default answers (used when no ``handler`` is given) are deterministic and depend
   top alternatives are ``str(m)`` (p=0.5), ``" " + str(m)`` (0.1), ``str(m-1)`` and ``str(m+1)``
   (0.15 each, when they are digits), ``"The"`` (0.05) and ``"\\n"`` (the rest). So for
   ``1 <= m <= 8`` and a score range containing ``m-1..m+1`` the expected score is exactly ``m``.
+  When the last user message asks for "an integer from LO ... to HI", ``m`` is first clamped into
+  ``LO..HI``, as a judge that reads the question would.
 * **JSON-schema requests** (``response_format.type == "json_schema"``): :func:`schema_instance`
   of the schema: every property present, enums take their first value, integers the midpoint of
   their bounds (else the bound, else 0), strings ``"ok"`` padded/cut to their length limits, arrays
@@ -49,6 +51,7 @@ FAULTS = ("500", "503", "429", "400", "hang", "close", "garbage", "irrelevant", 
 
 _RESPONSE = re.compile(r"<response>(.*?)</response>", re.DOTALL)
 _WORD = re.compile(r"[a-z0-9']+")
+_ASKED_RANGE = re.compile(r"integer from (\d)(?: \([^()]{0,40}\))? to (\d)")
 
 
 def judged_text(body: dict[str, Any]) -> str:
@@ -154,6 +157,10 @@ def default_answer(body: dict[str, Any]) -> dict[str, Any]:
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     if body.get("logprobs") and int(body.get("top_logprobs") or 0) > 0:
         mode = text_score(judged_text(body))
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        asked = _ASKED_RANGE.search(str(users[-1].get("content", ""))) if users else None
+        if asked:
+            mode = min(max(mode, int(asked.group(1))), int(asked.group(2)))
         return chat_response(
             str(mode),
             alternatives=digit_alternatives(mode),

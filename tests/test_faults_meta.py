@@ -55,8 +55,8 @@ BAD_RUBRICS: dict[str, tuple[str, str, bool]] = {
     "empty-range": (_rubric(_item("Clarity", lo=0, hi=0)), "range [0, 0] is empty", False),
     "blank-description": (_rubric(_item("Clarity", "   ")), "description is empty", False),
     "too-long-for-the-judge": (
-        _rubric(*(_item(f"Criterion {i}", f"Detail {i}: " + "be precise. " * 200) for i in range(4))),
-        "over the judge context of 4096",
+        _rubric(*(_item(f"Criterion {i}", f"Detail {i}: " + "be precise. " * 150) for i in range(4))),
+        "over the judge context of 2048",
         False,
     ),
 }
@@ -80,7 +80,7 @@ def _run_meta_step(
 ) -> tuple[MetaPolicyOptimizationCallback, ActiveRubrics, list[dict[str, Any]]]:
     store = RubricStore(tmp_path / "rubrics")
     active = ActiveRubrics(store, Rubric.single("Quality", "Overall quality of the essay.", 0, 5))
-    config = MetaConfig(interval=2, samples=samples, blocking=True, max_items=4, judge_context_tokens=4096)
+    config = MetaConfig(interval=2, samples=samples, blocking=True, max_items=4, judge_context_tokens=2048)
     with ScriptedJudge(handler=handler, faults=faults) as meta:
         client = JudgeClient(
             OpenAIHTTPBackend([meta.url], timeout_s=10),
@@ -93,9 +93,11 @@ def _run_meta_step(
         controller = MetaPolicyOptimizationCallback(
             MetaJudge(client, config, task_description=TASK), active, config, tmp_path
         )
-        controller.record(_window())
+        window = _window()
         args, control = SimpleNamespace(), SimpleNamespace()
+        controller.record(window[:2])  # one rollout batch per step: interval=2 counts two of them
         controller.on_step_end(args, SimpleNamespace(global_step=1), control)
+        controller.record(window[2:])
         controller.on_step_end(args, SimpleNamespace(global_step=2), control)  # triggers and waits
         controller.on_train_end(args, SimpleNamespace(global_step=2), control)
         return controller, active, meta.requests
@@ -180,7 +182,8 @@ def test_a_slow_meta_judge_does_not_hold_up_the_end_of_a_non_blocking_run(tmp_pa
     with ScriptedJudge(latency_s=30) as meta:
         client = JudgeClient(OpenAIHTTPBackend([meta.url], timeout_s=60), model_id="slow-meta", timeout_s=60)
         controller = MetaPolicyOptimizationCallback(MetaJudge(client, config), active, config, tmp_path)
-        controller.record(_window())
+        controller.record(_window()[:2])
+        controller.record(_window()[2:])  # two rollout batches: a meta step is due at this last step
         args, control = SimpleNamespace(), SimpleNamespace()
         last = SimpleNamespace(global_step=2, max_steps=2)
         controller.on_step_end(args, last, control)

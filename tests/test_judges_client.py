@@ -83,9 +83,14 @@ def test_expected_score_reads_digit_distribution():
 
 def test_expected_score_only_counts_allowed_digits():
     with ScriptedJudge() as judge:
-        client = make_client(judge)
+        client = make_client(judge, min_logprob_mass=0.1)
         # mode 5, but only 0..4 allowed: just "4" (p=0.15) remains.
         reading = run(client, lambda: client.expected_score(score_messages("a b c d e"), 0, 4))
+        # The default floor (half the mass) refuses to read a score from a 15 % tail.
+        strict = make_client(judge)
+        assert strict.min_logprob_mass == 0.5
+        with pytest.raises(JudgeError, match="0.150 of the first token"):
+            run(strict, lambda: strict.expected_score(score_messages("a b c d e"), 0, 4))
     assert set(reading.distribution) == {0, 1, 2, 3, 4}
     assert reading.expected == pytest.approx(4.0)
     assert reading.mass == pytest.approx(0.15)
@@ -293,7 +298,7 @@ def test_cache_hits_skip_the_network(tmp_path):
         assert judge.request_count == 1
 
         # The score range only changes how the cached answer is read; another text is another request.
-        client = make_client(judge, cache=ScoreCache(path))
+        client = make_client(judge, cache=ScoreCache(path), min_logprob_mass=0.1)
         assert run(client, lambda: client.expected_score(messages, 1, 2)).expected == pytest.approx(2.0)
         assert judge.request_count == 1
         run(client, lambda: client.expected_score(score_messages("red green"), 1, 9))

@@ -18,7 +18,7 @@ import yaml
 
 from metapo.cli import main
 from metapo.judges import JudgeClient, OpenAIHTTPBackend
-from metapo.meta.prompts import analyze_prompt
+from metapo.meta.prompts import analyze_prompt, sample_block
 from metapo.reward.records import ScoredSample
 from metapo.reward.rubric_reward import RubricReward, RubricRewardConfig
 from metapo.rubric import Rubric, RubricStore
@@ -252,5 +252,6 @@ def test_the_meta_judge_sees_truncated_samples(tmp_path: Path) -> None:
     sample = ScoredSample(
         prompt="Write.", completion="word " * 50_000, reward=0.9, item_scores={"quality": 8.0}
     )
-    text = analyze_prompt("Write well.", sample, Rubric.single("Quality", "Overall.", 0, 9), 1500, 100)
+    rubric = Rubric.single("Quality", "Overall.", 0, 9)
+    text = analyze_prompt("Write well.", sample_block(sample, rubric, 1500), rubric, 100)
     assert "[truncated 248500 characters]" in text and len(text) < 6000

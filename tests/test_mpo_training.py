@@ -151,3 +151,28 @@ def test_an_unchanged_rubric_makes_no_new_version(tiny_model_dir: Path, tmp_path
     assert [v.version for v in store.history()] == [0, 1]
     logs = [json.loads(p.read_text()) for p in sorted((tmp_path / "meta").glob("*.json"))]
     assert [m["accepted"] for m in logs] == [True, False, False] and "unchanged" in logs[-1]["reason"]
+
+
+@pytest.mark.slow
+def test_the_interval_counts_rollout_batches_not_optimizer_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # TRL generates every steps_per_generation x num_iterations = 4 optimizer steps here (one generation
+    # round serves four updates), so interval=1 means a meta step after the rounds of steps 1 and 5 only.
+    with ScriptedJudge() as judge, ScriptedJudge(handler=_fresh_rubrics()) as meta:
+        mpo = MetaConfig(interval=1, samples=2, blocking=True)
+        store, _, controller, reward = _wire(tmp_path, judge, meta, mpo)
+        trainer = tiny_grpo_trainer(
+            tiny_model_dir,
+            tmp_path,
+            reward,
+            [controller],
+            max_steps=6,
+            num_iterations=2,
+            steps_per_generation=2,
+            gradient_accumulation_steps=1,
+        )
+        trainer.train()
+
+    assert controller.rollouts == 2 and controller.meta_steps == 2
+    assert [v.step for v in store.history()] == [0, 1, 5]
+    samples = read_jsonl(tmp_path / "samples.jsonl")
+    assert len(samples) == 2 * 8 and {s["step"] for s in samples} == {0, 4}

@@ -63,7 +63,7 @@ def test_logprob_mode_reads_expected_item_scores(tmp_path) -> None:
     assert text_score(text) == 8
     assert value == pytest.approx(8 / 9, abs=1e-6)
     assert seen[0].item_scores == pytest.approx({"imagery": 8.0, "focus": 8.0})
-    assert seen[0].raw_score == pytest.approx(16.0) and seen[0].rubric_version == 0
+    assert seen[0].raw_score == pytest.approx(8.0 + 3 * 8.0) and seen[0].rubric_version == 0  # weighted total
     assert len(bodies) == 2 and all(b["logprobs"] and b["max_tokens"] == 1 for b in bodies)
     assert any("Criterion: Focus" in b["messages"][-1]["content"] for b in bodies)
 
@@ -80,12 +80,13 @@ def test_json_mode_one_call_with_bounded_schema(tmp_path) -> None:
         (value,) = _call(reward, ["A storm."])
         (body,) = judge.requests
     schema = body["response_format"]["json_schema"]["schema"]
-    assert schema["properties"]["padding"]["properties"]["score"] == {
+    # A deduction is asked as the points to deduct, 0..6, never as a negative score.
+    assert schema["properties"]["padding"]["properties"]["deduct"] == {
         "type": "integer",
-        "minimum": -6,
-        "maximum": 0,
+        "minimum": 0,
+        "maximum": 6,
     }
-    # The scripted judge answers each bounded integer with its midpoint: 2 of 0..4 and -3 of -6..0.
+    # The scripted judge answers each bounded integer with its midpoint: 2 of 0..4, and deduct 3 of 0..6.
     assert seen[0].item_scores == {"imagery": 2.0, "padding": -3.0}
     assert value == pytest.approx((0.5 + 0.5) / 2) and seen[0].raw_score == -1.0
     assert set(seen[0].rationales) == {"imagery", "padding"}
@@ -122,7 +123,7 @@ def test_reward_stays_in_unit_interval_across_rubric_versions() -> None:
         points = {it.id: rng.uniform(it.min_score, it.max_score) for it in items}
         value, raw = reward.reward(rubric, points)
         assert 0.0 <= value <= 1.0
-        assert raw == pytest.approx(sum(points.values()))
+        assert raw == pytest.approx(sum(it.weight * points[it.id] for it in items))
         best, _ = reward.reward(rubric, {it.id: float(it.max_score) for it in items})
         worst, _ = reward.reward(rubric, {it.id: float(it.min_score) for it in items})
         assert best == pytest.approx(1.0) and worst == pytest.approx(0.0)

@@ -33,7 +33,8 @@ def test_markdown_parse_and_round_trip() -> None:
     assert rubric.item("offtopic").min_score == -5
     assert Rubric.parse(rubric.to_markdown()) == rubric
     assert Rubric.parse(rubric.to_json()) == rubric
-    assert rubric.max_points == 15 and rubric.min_points == -5
+    # Weighted totals: evidence's weight 2 doubles its points.
+    assert rubric.max_points == 5 + 2 * 10 and rubric.min_points == -5
 
 
 def test_reference_xml_form_keeps_order_and_reads_ranges() -> None:

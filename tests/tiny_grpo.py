@@ -34,8 +34,9 @@ def tiny_grpo_trainer(
     completion_tokens: int = 12,
     learning_rate: float = 1e-4,
     dataset: Any = None,
+    **config: Any,
 ) -> Any:
-    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar."""
+    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar (``config``: more GRPOConfig)."""
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(
@@ -52,6 +53,7 @@ def tiny_grpo_trainer(
         bf16=False,
         seed=0,
         disable_tqdm=True,
+        **config,
     )
     return GRPOTrainer(
         model=str(policy),

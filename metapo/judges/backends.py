@@ -355,6 +355,14 @@ class XLlamaCppBackend:
     def __repr__(self) -> str:
         return f"XLlamaCppBackend({str(self.gguf_path)!r}, n_parallel={self.n_parallel})"
 
+    def count_tokens(self, text: str) -> int:
+        """Exact token count of ``text`` with the model's own tokenizer (read from the GGUF once, cached)."""
+        if getattr(self, "_tokenizer", None) is None:
+            from metapo.models.embedded import gguf_tokenizer
+
+            self._tokenizer = gguf_tokenizer(self.gguf_path)
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _call(self, body: dict[str, Any]) -> dict[str, Any]:
         server = self._server
         if server is None:
@@ -450,6 +458,10 @@ class TransformersBackend:
 
     def __repr__(self) -> str:
         return f"TransformersBackend({self.model_id!r}, device={self.device!r})"
+
+    def count_tokens(self, text: str) -> int:
+        """Exact token count of ``text`` with the model's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """Generates an answer to ``body`` (see :class:`Backend`)."""
@@ -632,6 +644,13 @@ class JudgeConfig:
     cache_path: str | None = field(
         default=None, metadata={"help": "SQLite file caching judge responses (None: no cache)."}
     )
+    min_logprob_mass: float = field(
+        default=0.5,
+        metadata={
+            "help": "Least probability the judge's first answer token must put on the allowed scores for an "
+            "expected score to count (else the answer is unreadable and retried, then missing)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -642,6 +661,8 @@ class JudgeConfig:
             raise ValueError("max_concurrency, max_attempts and n_parallel must be >= 1")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if not 0.0 < self.min_logprob_mass <= 1.0:
+            raise ValueError("min_logprob_mass must be in (0, 1]")
 
     def resolved_model_id(self) -> str:
         """The model id used in requests and cache keys."""

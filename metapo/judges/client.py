@@ -191,8 +191,10 @@ def result_from_response(
                 )
             token_logprobs.append(alternatives)
         usage = response.get("usage") or {}
+        finish = choice.get("finish_reason")
         return ChatResult(
             text=text,
+            finish_reason=finish if isinstance(finish, str) else None,
             token_logprobs=token_logprobs,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
@@ -242,7 +244,7 @@ class JudgeClient:
         max_attempts: int = 4,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        min_logprob_mass: float = 0.05,
+        min_logprob_mass: float = 0.5,
         max_requests_per_minute: float | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -483,6 +485,12 @@ class JudgeClient:
         )
 
         def read_json(result: ChatResult) -> Any:
+            if result.finish_reason == "length":
+                # The same request would be cut at the same place again: not worth a retry.
+                raise JudgeError(
+                    f"JSON answer truncated at max_tokens={max_tokens} ({len(result.text)} characters); raise "
+                    "the token cap or ask for less"
+                )
             value = extract_json(result.text)
             errors = validate_json(value, schema)
             if errors:
@@ -490,6 +498,11 @@ class JudgeClient:
             return value
 
         return await self._run(request, read_json)
+
+    def count_tokens(self, text: str) -> int | None:
+        """Exact token count of ``text`` for this judge, or ``None`` when its tokenizer is not at hand."""
+        counter = getattr(self.backend, "count_tokens", None)
+        return None if counter is None else int(counter(text))
 
     async def aclose(self) -> None:
         """Releases the backend's resources for this event loop and closes the cache."""
@@ -517,4 +530,5 @@ def build_judge(cfg: JudgeConfig) -> JudgeClient:
         timeout_s=cfg.timeout_s,
         max_attempts=cfg.max_attempts,
         max_requests_per_minute=cfg.max_requests_per_minute,
+        min_logprob_mass=cfg.min_logprob_mass,
     )

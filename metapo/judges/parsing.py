@@ -226,8 +226,8 @@ def parse_score(text: str, lo: int, hi: int) -> int:
 def digit_distribution(top_logprobs: dict[str, float], lo: int, hi: int) -> tuple[dict[int, float], float]:
     """Probability of each allowed single-digit score among one token's top alternatives.
 
-    Token texts are compared after stripping whitespace, so ``"7"`` and ``" 7"`` both count for 7
-    (their probabilities add up).
+    Token texts are compared after stripping whitespace and the punctuation that may close a number
+    (``"7."``, ``" 7,"``, ``"(7)"``), so all of them count for 7 (their probabilities add up).
 
     Args:
         top_logprobs: Candidate token text -> log-probability, for the first answer token.
@@ -241,7 +241,7 @@ def digit_distribution(top_logprobs: dict[str, float], lo: int, hi: int) -> tupl
     allowed = {str(d): d for d in range(lo, hi + 1)}
     raw = dict.fromkeys(range(lo, hi + 1), 0.0)
     for token, logprob in top_logprobs.items():
-        digit = allowed.get(token.strip())
+        digit = allowed.get(token.strip().strip("().,:;"))
         if digit is not None and logprob is not None and math.isfinite(logprob):
             raw[digit] += math.exp(logprob)
     mass = sum(raw.values())

@@ -69,11 +69,13 @@ class ChatResult:
     """What a judge returned for one request.
 
     ``token_logprobs`` holds, for each generated token, a mapping from candidate token text to its
-    log-probability (the top-N alternatives), when the request asked for them.
+    log-probability (the top-N alternatives), when the request asked for them. ``finish_reason`` is the
+    server's (``"stop"``, or ``"length"`` when the answer hit ``max_tokens``).
     """
 
     text: str
     token_logprobs: list[dict[str, float]] = field(default_factory=list)
+    finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0

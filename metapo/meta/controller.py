@@ -4,6 +4,9 @@ Works with any ``transformers.Trainer`` subclass whose reward comes from :class:
 (TRL's GRPOTrainer and RLOOTrainer). Training never waits for the meta-reward model unless
 ``MetaConfig.blocking`` is set: a meta step runs in a worker thread on the window gathered since the last one,
 and its rubric takes effect at the first step boundary after it passes validation.
+
+``MetaConfig.interval`` counts rollout batches (generation rounds: calls of the reward function), not optimizer
+steps, so ``num_iterations`` and ``steps_per_generation`` do not change how often the rubric is revised.
 """
 
 from __future__ import annotations
@@ -86,8 +89,12 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         self.rejected = 0
         self.unchanged = 0
         self.steps_during_meta = 0
+        self.rollouts = 0
+        self._rollouts_at_trigger = 0
         self.last_signals: dict[str, float] = {}
         self.events: list[dict[str, Any]] = []
+        self._broadcast: dict[str, int] = {}
+        self._remote_running = False
         rank = int(os.environ.get("RANK", "0"))
         # Each process logs its own samples, so no two processes append to one file.
         self._samples_file = "samples.jsonl" if rank == 0 else f"samples.rank{rank}.jsonl"
@@ -99,11 +106,13 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
 
     # ----- fed by the reward function --------------------------------------------------------------
     def record(self, samples: list[ScoredSample]) -> None:
-        """Add scored samples to the window and the run log (called from the reward function)."""
+        """Add one rollout batch of scored samples to the window and the run log (the reward calls this once per
+        generation round)."""
         if self.run_dir is not None:
             append_jsonl(self.run_dir / self._samples_file, (s.to_dict() for s in samples))
-        if self.enabled:
-            with self._lock:
+        with self._lock:
+            self.rollouts += 1
+            if self.enabled:
                 self.window.extend(samples)
 
     def metrics(self) -> dict[str, float]:
@@ -115,8 +124,9 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             "mpo/meta_accepted": float(self.accepted),
             "mpo/meta_rejected": float(self.rejected),
             "mpo/meta_unchanged": float(self.unchanged),
-            "mpo/meta_running": float(self._job is not None and not self._job.done()),
+            "mpo/meta_running": float((self._job is not None and not self._job.done()) or self._remote_running),
             "mpo/lineages": float(len(versions)),
+            "mpo/rollouts": float(self.rollouts),
         }
         if current is not None:
             out["mpo/rubric_version"] = float(current.version)
@@ -137,7 +147,11 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         if self._job is not None and not self._job.done():
             self.steps_during_meta += 1
         self._publish_finished()
-        if step % self.config.every == 0:
+        with self._lock:
+            due = self.rollouts - self._rollouts_at_trigger >= self.config.every
+            if due:
+                self._rollouts_at_trigger = self.rollouts
+        if due:
             # No update follows the last step, so a background meta step there would only make the run
             # wait for a rubric nothing uses; its window goes to the saved state instead.
             last = step >= (getattr(state, "max_steps", 0) or step + 1) and not self.config.blocking
@@ -153,8 +167,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and ckpt.exists():
-            self.save_state(ckpt)
+        self.save_checkpoint_state(ckpt)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.enabled:
@@ -198,9 +211,19 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         self._job_step = step
         self.meta_steps += 1
         log.info("step %d: meta step %d started on %d samples", step, self.meta_steps, len(local))
-        self._job = self._executor.submit(self._run_job, step, local, self.rubrics.versions())
+        self._job = self._executor.submit(self._run_job, step, local)
 
-    def _run_job(self, step: int, window: list[ScoredSample], versions: dict[str, int]) -> list[MetaOutcome]:
+    def _scored_under(self, lineage: str, samples: list[ScoredSample]) -> dict[int, Any]:
+        """The rubric of every version the samples were scored under (each is shown against its own)."""
+        out = {}
+        for number in sorted({s.rubric_version for s in samples}):
+            try:
+                out[number] = self.rubrics.store.get(lineage, number).rubric
+            except KeyError:
+                log.warning("rubric %s v%d is not in the store; its samples are left out", lineage, number)
+        return out
+
+    def _run_job(self, step: int, window: list[ScoredSample]) -> list[MetaOutcome]:
         assert self.meta_judge is not None
         by_lineage: dict[str, list[ScoredSample]] = defaultdict(list)
         for sample in window:
@@ -209,9 +232,18 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         async def run_all() -> list[MetaOutcome]:
             jobs = []
             for lineage, samples in sorted(by_lineage.items()):
-                rng = random.Random(f"{self.config.seed}:{step}:{lineage}")
-                rubric = self.rubrics.get(lineage).rubric
-                jobs.append(self.meta_judge.run(lineage, rubric, samples, rng))
+                rng = random.Random(f"{self.config.seed or 0}:{step}:{lineage}")
+                current = self.rubrics.get(lineage)
+                jobs.append(
+                    self.meta_judge.run(
+                        lineage,
+                        current.rubric,
+                        samples,
+                        rng,
+                        version=current.version,
+                        scored_under=self._scored_under(lineage, samples),
+                    )
+                )
             return list(await asyncio.gather(*jobs))
 
         started = time.perf_counter()
@@ -231,16 +263,27 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         in_flight, self._in_flight = self._in_flight, []
         try:
             outcomes = job.result()
-        except Exception:  # a bug in a stage must not end training; the rubric stays
+        except Exception as exc:  # a bug in a stage must not end training; the rubric stays
             log.exception("meta step crashed; keeping the current rubric")
             self.rejected += 1
+            for lineage in sorted({s.lineage for s in in_flight}):
+                reason = f"crashed: {type(exc).__name__}: {exc}"
+                self._log_outcome(
+                    {"lineage": lineage, "accepted": False, "reason": reason, "window_size": len(in_flight)}
+                )
             return
         for outcome in outcomes:
-            self._apply(outcome, len(in_flight))
+            try:
+                self._apply(outcome)
+            except Exception as exc:  # e.g. the store cannot write: reject this outcome, keep training
+                log.exception("rubric %s: the meta step's rubric could not be stored", outcome.lineage)
+                self.rejected += 1
+                outcome.accepted, outcome.reason = False, f"not stored: {type(exc).__name__}: {exc}"
+                self._log_outcome(outcome.to_dict() | {"parent_version": self.rubrics.get(outcome.lineage).version})
 
-    def _apply(self, outcome: MetaOutcome, window_size: int) -> None:
+    def _apply(self, outcome: MetaOutcome) -> None:
         current = self.rubrics.get(outcome.lineage)
-        record = outcome.to_dict() | {"step": self._job_step, "parent_version": current.version}
+        record = outcome.to_dict() | {"parent_version": current.version}
         if outcome.accepted and outcome.rubric is not None and outcome.rubric == current.rubric:
             # Same items as the version in force: a new version would only add noise to the history.
             self.unchanged += 1
@@ -252,6 +295,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 "rubric %s stays at v%d: the meta step proposed no change", outcome.lineage, current.version
             )
         elif outcome.accepted and outcome.rubric is not None:
+            limits = self.meta_judge.limits if self.meta_judge is not None else None
             version = self.rubrics.store.add(
                 outcome.rubric,
                 lineage=outcome.lineage,
@@ -259,9 +303,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 creator="meta-step",
                 step=self._job_step,
                 evidence=outcome.evidence(),
+                limits=limits,
             )
-            self.rubrics.publish(version)
             self.accepted += 1
+            self.rubrics.publish(version)
             record["new_version"] = version.version
             log.info(
                 "rubric %s: v%d -> v%d (%d items) after meta step at step %d",
@@ -274,10 +319,23 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         else:
             self.rejected += 1
             log.warning("rubric %s stays at v%d: %s", outcome.lineage, current.version, outcome.reason)
+        self._log_outcome(record)
+
+    def _log_outcome(self, record: dict[str, Any]) -> None:
+        """Keep the record in ``events`` and write it to ``meta/``, never over an earlier one (a resumed run that
+        repeats a meta step writes ``...-attempt2.json``)."""
+        record = {"step": self._job_step, **record}
         self.events.append(record)
-        if self.run_dir is not None:
-            name = f"step-{self._job_step:06d}-{lineage_dirname(outcome.lineage)}.json"
-            atomic_write_json(self.run_dir / "meta" / name, record)
+        if self.run_dir is None:
+            return
+        stem = f"step-{self._job_step:06d}-{lineage_dirname(str(record.get('lineage', 'default')))}"
+        for attempt in range(1, 1000):
+            name = f"{stem}.json" if attempt == 1 else f"{stem}-attempt{attempt}.json"
+            try:
+                atomic_write_json(self.run_dir / "meta" / name, record, exclusive=True)
+                return
+            except FileExistsError:
+                continue
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the in-flight meta step (if any) finishes, then publish its result."""
@@ -287,22 +345,52 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             self._publish_finished()
 
     def _sync_versions(self) -> None:
-        """Every rank adopts rank 0's versions at the same step boundary."""
+        """Every rank adopts rank 0's versions (and its meta-step counters) at the same step boundary.
+
+        Only versions that changed since the last broadcast travel in full; the rest is a few numbers.
+        """
         dist = _dist()
         if dist is None:
             return
-        payload = [[v.to_dict() for v in (self.rubrics.get(k) for k in self.rubrics.versions())]]
+        payload: list[Any] = [None]
+        if dist.get_rank() == 0:
+            versions = self.rubrics.versions()
+            changed = [self.rubrics.get(k).to_dict() for k, v in versions.items() if self._broadcast.get(k) != v]
+            self._broadcast = versions
+            running = self._job is not None and not self._job.done()
+            counters = [self.meta_steps, self.accepted, self.rejected, self.unchanged, running]
+            payload = [{"changed": changed, "counters": counters}]
         dist.broadcast_object_list(payload, src=0)
         if dist.get_rank() != 0:
-            for data in payload[0]:
+            for data in payload[0]["changed"]:
                 self.rubrics.publish(RubricVersion.from_dict(data))
+            # Trackers average logged values over processes: every rank reports rank 0's counters.
+            self.meta_steps, self.accepted, self.rejected, self.unchanged, self._remote_running = payload[0][
+                "counters"
+            ]
 
     # ----- checkpoints -----------------------------------------------------------------------------
-    def save_state(self, directory: Path) -> None:
-        """Write the versions in force, the window (including samples a running meta step holds), and a copy of
-        the rubric history, so a checkpoint directory is self-contained."""
+    def save_checkpoint_state(self, directory: Path) -> None:
+        """Gather every process's window and write the state on the main process. Call on every process."""
         with self._lock:
             window = self._in_flight + self.window
+        dist = _dist()
+        if dist is not None:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, [s.to_dict() for s in window])
+            if dist.get_rank() != 0:
+                return
+            window = [ScoredSample.from_dict(d) for rank_samples in gathered for d in rank_samples]
+        if Path(directory).exists():
+            self.save_state(directory, window)
+
+    def save_state(self, directory: Path, window: list[ScoredSample] | None = None) -> None:
+        """Write the versions in force, the window (by default this process's, including samples a running meta
+        step holds), the detector baseline, and a copy of the rubric history, so a checkpoint directory is
+        self-contained."""
+        if window is None:
+            with self._lock:
+                window = self._in_flight + self.window
         store = self.rubrics.store
         history = {lineage: [v.to_dict() for v in store.history(lineage)] for lineage in store.lineages()}
         atomic_write_json(Path(directory) / "rubrics.json", history)
@@ -311,25 +399,48 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             {
                 "versions": self.rubrics.versions(),
                 "window": [s.to_dict() for s in window],
+                "baseline": [s.to_dict() for s in self._baseline] if self._baseline is not None else None,
                 "meta_steps": self.meta_steps,
                 "accepted": self.accepted,
                 "rejected": self.rejected,
+                "unchanged": self.unchanged,
+                "rollouts": self.rollouts,
+                "rollouts_at_trigger": self._rollouts_at_trigger,
             },
         )
 
     def load_state(self, directory: Path) -> None:
-        """Restore what :meth:`save_state` wrote (on ``resume_from_checkpoint``)."""
+        """Restore what :meth:`save_state` wrote (on ``resume_from_checkpoint``), on every process.
+
+        The window goes back to the main process only: the others' samples were gathered into it when it was
+        saved, and each sample must reach the next meta step once.
+        """
         path = Path(directory) / STATE_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by a metapo run")
         data = json.loads(path.read_text())
-        self.rubrics.restore({k: int(v) for k, v in data["versions"].items()})
+        versions = {k: int(v) for k, v in data["versions"].items()}
+        saved = Path(directory) / "rubrics.json"
+        if saved.exists():
+            # The checkpoint's own copy of the history, so a process without the run directory can resume too.
+            history = json.loads(saved.read_text())
+            for lineage, number in versions.items():
+                record = next((r for r in history.get(lineage, []) if int(r["version"]) == number), None)
+                if record is not None:
+                    self.rubrics.publish(RubricVersion.from_dict(record))
+        self.rubrics.restore({k: v for k, v in versions.items() if self.rubrics.versions().get(k) != v})
+        main = int(os.environ.get("RANK", "0")) == 0
         with self._lock:
-            self.window = [ScoredSample.from_dict(d) for d in data.get("window", [])]
+            self.window = [ScoredSample.from_dict(d) for d in data.get("window", [])] if main else []
+        if data.get("baseline") is not None:
+            self._baseline = [ScoredSample.from_dict(d) for d in data["baseline"]]
         self.meta_steps = int(data.get("meta_steps", 0))
         self.accepted = int(data.get("accepted", 0))
         self.rejected = int(data.get("rejected", 0))
-        log.info("restored rubric versions %s and a window of %d samples", data["versions"], len(self.window))
+        self.unchanged = int(data.get("unchanged", 0))
+        self.rollouts = int(data.get("rollouts", 0))
+        self._rollouts_at_trigger = int(data.get("rollouts_at_trigger", self.rollouts))
+        log.info("restored rubric versions %s and a window of %d samples", versions, len(self.window))
 
 
 def load_samples(run_dir: Path) -> list[ScoredSample]:

@@ -528,6 +528,33 @@ def prepare_smollm2(progress: Progress | None = None) -> Path:
     return out
 
 
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The tokenizer inside a GGUF file, as a transformers tokenizer (converted once into ``cache_dir()``).
+
+    Used to count a judge's tokens exactly (rubric context checks); the first conversion takes about 10 s.
+    """
+    from transformers import AutoTokenizer
+
+    gguf = Path(gguf)
+    out = cache_dir() / f"tokenizer-{gguf.stem}"
+    if not (out / _CONVERSION_MARKER).is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(out.with_name(out.name + ".lock")):
+            if not (out / _CONVERSION_MARKER).is_file():
+                logger.info("reading the tokenizer of %s once into %s", gguf.name, out)
+                tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+                try:
+                    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+                    (tmp / _CONVERSION_MARKER).write_text(gguf.name + "\n")
+                    if out.exists():
+                        shutil.rmtree(out)
+                    os.replace(tmp, out)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+    return AutoTokenizer.from_pretrained(str(out))
+
+
 def resolve_policy(name_or_path: str | os.PathLike[str]) -> Path | str:
     """Turn a policy name into something ``from_pretrained`` can load.
 

@@ -1,4 +1,10 @@
-"""Rule gates: cheap checks that run before any judge call and replace its score when they fire."""
+"""Rule gates: cheap checks that run before any judge call.
+
+A *replacing* gate (the paper's ethics verdict check, math's thin-reasoning floor) replaces the judge's score
+when it fires, and no judge call is made. An *additive* gate (the paper's missing-EOS penalty) lets the judge
+score the response as usual and adds its (negative) value to the reward, so a truncated good answer still ranks
+above a truncated bad one.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +33,20 @@ class Candidate:
 
 @dataclass(frozen=True)
 class GateResult:
-    """A fired gate. ``reward`` is in normalised units (the judge's range is [0, 1])."""
+    """A fired gate.
+
+    Attributes:
+        gate: The gate's name.
+        reward: In normalised units (the judge's range is [0, 1]): the reward that replaces the judge's, or,
+            for an additive gate, the amount added to it (negative for a penalty).
+        reason: Why it fired.
+        additive: Whether ``reward`` is added to the judge's reward instead of replacing it.
+    """
 
     gate: str
     reward: float
     reason: str
+    additive: bool = False
 
 
 class Gate(Protocol):
@@ -77,19 +92,42 @@ class RequiredPattern:
 
 @dataclass(frozen=True)
 class RequireEOS:
-    """Fires when generation ran out of tokens instead of ending (the paper's missing-EOS penalty)."""
+    """Adds ``penalty`` when generation ran out of tokens instead of ending (the paper's missing-EOS penalty).
+
+    Additive, as in the paper (stock PPO subtracts 1.0 from the judge's score): the judge still scores the
+    truncated text. The default -0.2 is the paper's -1.0 on its initial 0-5 rubric.
+    """
 
     penalty: float = -0.2
     name: str = "missing_eos"
 
     def __call__(self, candidate: Candidate) -> GateResult | None:
         if candidate.ended_with_eos is False:
-            return GateResult(self.name, self.penalty, "completion hit the token limit without EOS")
+            return GateResult(
+                self.name, self.penalty, "completion hit the token limit without EOS", additive=True
+            )
         return None
 
 
+def check_gates(
+    gates: tuple[Gate, ...] | list[Gate], candidate: Candidate
+) -> tuple[GateResult | None, list[GateResult]]:
+    """Run every gate: the first replacing gate that fires (or ``None``) and every additive gate that fires."""
+    replacing: GateResult | None = None
+    additive: list[GateResult] = []
+    for gate in gates:
+        result = gate(candidate)
+        if result is None:
+            continue
+        if result.additive:
+            additive.append(result)
+        elif replacing is None:
+            replacing = result
+    return replacing, additive
+
+
 def first_fired(gates: tuple[Gate, ...] | list[Gate], candidate: Candidate) -> GateResult | None:
-    """The first gate (in order) that fires, or ``None``."""
+    """The first gate (in order) that fires, replacing or additive, or ``None``."""
     for gate in gates:
         result = gate(candidate)
         if result is not None:

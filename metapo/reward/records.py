@@ -26,6 +26,7 @@ class ScoredSample:
         gate: Name of the rule gate that replaced the judge score, if one fired.
         gate_reason: Why the gate fired.
         columns: The task's extra dataset columns for this row (gold answer, reference summary, ...).
+        truncated: Whether the task input or the completion was cut short for the judge.
         judge_latency_s: Wall time spent in judge calls for this sample.
         error: Why the score is missing, when ``reward`` is ``None``.
     """
@@ -41,7 +42,9 @@ class ScoredSample:
     step: int = 0
     gate: str | None = None
     gate_reason: str | None = None
+    adjustments: dict[str, float] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False
     judge_latency_s: float = 0.0
     error: str | None = None
     sample_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])

@@ -52,25 +52,69 @@ class Scorer(Protocol):
     ) -> ItemScores: ...
 
 
-def digit_grade(item: RubricItem) -> tuple[int, int, str]:
-    """The digit range the judge answers on, and a note mapping it to points.
+@dataclass(frozen=True)
+class Question:
+    """How one rubric item is asked, so that the answer keeps the item's signal.
 
-    Logprob reading needs single-token answers, so ranges outside 0..9 are asked on a 0..K grade
-    (K <= 9) and mapped back linearly.
+    Attributes:
+        kind: ``"digit"``: an award item whose range fits one digit (0..9), read as an expected score from
+            digit probabilities; ``"deduct"``: a deduction item (``[-K, 0]``, K <= 9), asked as *points to
+            deduct* 0..K (the natural answer to "deduct 5 when ..." is "5"), read the same way; ``"integer"``: any
+            other range (wider than one digit, or mixed), asked for a bounded integer in points, as structured
+            output. No question ever states one range and asks for another.
+        lo: Lowest answer.
+        hi: Highest answer.
     """
-    if item.min_score >= 0 and item.max_score <= 9:
-        return item.min_score, item.max_score, ""
-    k = min(9, item.max_score - item.min_score)
-    note = f" (a grade where 0 means {item.min_score} points and {k} means {item.max_score} points)"
-    return 0, k, note
 
+    kind: Literal["digit", "deduct", "integer"]
+    lo: int
+    hi: int
 
-def grade_to_points(item: RubricItem, grade: float) -> float:
-    """Inverse of :func:`digit_grade`'s mapping."""
-    lo, hi, _ = digit_grade(item)
-    if (lo, hi) == (item.min_score, item.max_score):
-        return grade
-    return item.min_score + (grade - lo) / (hi - lo) * (item.max_score - item.min_score)
+    @classmethod
+    def of(cls, item: RubricItem) -> Question:
+        """The question for ``item``."""
+        if item.min_score >= 0 and item.max_score <= 9:
+            return cls("digit", item.min_score, item.max_score)
+        if item.max_score == 0 and item.min_score >= -9:
+            return cls("deduct", 0, -item.min_score)
+        return cls("integer", item.min_score, item.max_score)
+
+    def to_points(self, answer: float) -> float:
+        """The item's points for an answer to this question."""
+        return -answer if self.kind == "deduct" else answer
+
+    def criterion(self, item: RubricItem) -> str:
+        """The item as the judge reads it, with the range it will be asked on."""
+        if self.kind == "deduct":
+            return f"Deduction: {item.title} (0 to {self.hi} points deducted)\n{item.description}"
+        return f"Criterion: {item.title} ({self.lo} to {self.hi} points)\n{item.description}"
+
+    def ask(self) -> str:
+        """The request for the answer."""
+        if self.kind == "deduct":
+            return (
+                f"How many points should be deducted on this criterion? Answer with an integer from 0 (nothing to "
+                f"deduct) to {self.hi} (the full deduction). Reply with the integer alone."
+            )
+        if self.kind == "integer":
+            return f"Score the response on this criterion only, in points from {self.lo} to {self.hi}. Answer in JSON."
+        return (
+            f"Score the response on this criterion only, with an integer from {self.lo} to {self.hi}. "
+            "Reply with the integer alone."
+        )
+
+    def schema(self) -> dict[str, Any]:
+        """JSON schema of an ``integer`` answer."""
+        bounded = {"type": "integer", "minimum": self.lo, "maximum": self.hi}
+        return {"type": "object", "properties": {"score": bounded}, "required": ["score"], "additionalProperties": False}
+
+    async def answer(self, judge: Any, messages: list[dict[str, str]]) -> float:
+        """Ask ``judge`` (``messages`` end with a user turn holding :meth:`ask`); the item's points."""
+        if self.kind == "integer":
+            value, _ = await judge.chat_json(messages, self.schema(), 24)
+            return self.to_points(float(value["score"]))
+        reading = await judge.expected_score(messages, self.lo, self.hi)
+        return self.to_points(reading.expected)
 
 
 def _material(view: JudgeView) -> str:
@@ -82,24 +126,18 @@ def _material(view: JudgeView) -> str:
     )
 
 
-def _criterion(item: RubricItem) -> str:
-    return f"Criterion: {item.title} ({item.min_score} to {item.max_score} points)\n{item.description}"
-
-
 class LogprobScorer:
-    """One call per item; the score is the probability-weighted mean over the allowed digits."""
+    """One call per item: an expected score from digit probabilities (see :class:`Question` for other ranges)."""
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
         async def one(item: RubricItem) -> float:
-            lo, hi, note = digit_grade(item)
+            question = Question.of(item)
             user = (
                 f"Grade the response below on one criterion of a rubric.\n\n{_material(view)}\n\n"
-                f"{_criterion(item)}\n\nScore the response on this criterion only, with an integer from "
-                f"{lo} to {hi}{note}. Reply with the integer alone."
+                f"{question.criterion(item)}\n\n{question.ask()}"
             )
             messages = [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
-            reading = await judge.expected_score(messages, lo, hi)
-            return grade_to_points(item, reading.expected)
+            return await question.answer(judge, messages)
 
         # A TaskGroup cancels the other items' calls as soon as one fails: the sample is unscored anyway.
         try:
@@ -111,43 +149,50 @@ class LogprobScorer:
 
 
 class JsonScorer:
-    """One structured call per sample: a rationale and a bounded integer for every item."""
+    """One structured call per sample: a rationale and a bounded integer for every item.
+
+    Deduction items are answered as points to deduct (``deduct``, 0..K), like in the other modes.
+    """
 
     def __init__(self, max_tokens: int = 1024) -> None:
         self.max_tokens = max_tokens
 
     @staticmethod
     def schema(rubric: Rubric) -> dict[str, Any]:
-        """JSON schema of the answer: one ``{rationale, score}`` object per item id, scores bounded."""
-        props = {
-            item.id: {
+        """JSON schema of the answer: one ``{rationale, score | deduct}`` object per item id, bounded."""
+        props = {}
+        for item in rubric.items:
+            question = Question.of(item)
+            key = "deduct" if question.kind == "deduct" else "score"
+            props[item.id] = {
                 "type": "object",
                 "properties": {
                     "rationale": {"type": "string", "maxLength": 400},
-                    "score": {"type": "integer", "minimum": item.min_score, "maximum": item.max_score},
+                    key: {"type": "integer", "minimum": question.lo, "maximum": question.hi},
                 },
-                "required": ["rationale", "score"],
+                "required": ["rationale", key],
                 "additionalProperties": False,
             }
-            for item in rubric.items
-        }
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
-        criteria = "\n\n".join(f"[{item.id}] {_criterion(item)}" for item in rubric.items)
+        criteria = "\n\n".join(f"[{item.id}] {Question.of(item).criterion(item)}" for item in rubric.items)
         user = (
             f"Grade the response below against every criterion of the rubric.\n\n{_material(view)}\n\n"
-            f"Rubric:\n{criteria}\n\nFor each criterion id give a one-sentence rationale, then an integer score "
-            "within that criterion's range. Answer in JSON."
+            f"Rubric:\n{criteria}\n\nFor each criterion id give a one-sentence rationale, then an integer: "
+            "'score' within that criterion's range, or for a deduction 'deduct', the points to deduct. "
+            "Answer in JSON."
         )
         messages = [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
         answer, _ = await judge.chat_json(messages, self.schema(rubric), self.max_tokens)
         out = ItemScores()
         for item in rubric.items:
+            question = Question.of(item)
+            key = "deduct" if question.kind == "deduct" else "score"
             entry = answer.get(item.id) if isinstance(answer, dict) else None
-            if not isinstance(entry, dict) or not isinstance(entry.get("score"), int):
-                raise JudgeError(f"judge JSON has no integer score for item {item.id!r}")
-            out.points[item.id] = float(min(max(entry["score"], item.min_score), item.max_score))
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), int):
+                raise JudgeError(f"judge JSON has no integer {key!r} for item {item.id!r}")
+            out.points[item.id] = question.to_points(float(entry[key]))
             out.rationales[item.id] = str(entry.get("rationale", ""))
         return out
 
@@ -172,24 +217,19 @@ class MultiTurnScorer:
         ]
         out = ItemScores()
         for item in rubric.items:
+            question = Question.of(item)
             messages.append(
-                {"role": "user", "content": f"{_criterion(item)}\n\nGive one sentence of feedback."}
+                {"role": "user", "content": f"{question.criterion(item)}\n\nGive one sentence of feedback."}
             )
             reply = await judge.chat(
                 ChatRequest(messages=tuple(messages), max_tokens=self.rationale_tokens, stop=("\n\n",))
             )
             rationale = reply.text.strip()
             messages.append({"role": "assistant", "content": rationale})
-            lo, hi, note = digit_grade(item)
-            messages.append(
-                {
-                    "role": "user",
-                    "content": f"Based on that feedback, the score from {lo} to {hi}{note}. Integer only.",
-                }
-            )
-            reading = await judge.expected_score(list(messages), lo, hi)
-            points = grade_to_points(item, reading.expected)
-            messages.append({"role": "assistant", "content": str(round(reading.expected))})
+            messages.append({"role": "user", "content": f"Based on that feedback: {question.ask()}"})
+            points = await question.answer(judge, list(messages))
+            answer = -points if question.kind == "deduct" else points
+            messages.append({"role": "assistant", "content": str(round(answer))})
             out.points[item.id] = points
             out.rationales[item.id] = rationale
         return out

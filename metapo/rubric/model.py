@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
+
+#: How item scores combine into the normalised reward (see :meth:`Rubric.normalized`).
+Weighting = Literal["points", "equal"]
 
 
 class RubricError(ValueError):
@@ -52,7 +57,9 @@ class RubricItem:
         description: What earns or loses points, level by level.
         min_score: Lowest integer score (negative for deduction items).
         max_score: Highest integer score.
-        weight: Relative weight in the normalised reward.
+        weight: Multiplier on the item's points (``weight 2``: its points count twice in the total). With the
+            default point weighting an item's influence on the reward is ``weight * (max_score - min_score)``,
+            so the normalised reward stays an affine map of the paper's plain sum of points.
     """
 
     id: str
@@ -65,6 +72,16 @@ class RubricItem:
     def normalise(self, points: float) -> float:
         """Map points on this item's range to [0, 1]."""
         return (points - self.min_score) / (self.max_score - self.min_score)
+
+    @property
+    def span(self) -> int:
+        """Width of the score range in points."""
+        return self.max_score - self.min_score
+
+    @property
+    def is_deduction(self) -> bool:
+        """True for an item that can only take points away (``max_score <= 0``)."""
+        return self.max_score <= 0
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,12 @@ class Rubric:
 
     @classmethod
     def from_reference_xml(cls, text: str) -> Rubric:
-        """Parse the reference implementation's ``<item>`` free-text form; ranges are read from the text."""
+        """Parse the reference implementation's ``<item>`` free-text form.
+
+        An item's range comes from a stated ``(a-b points)``, else from its level lines (``- 20: ...``,
+        ``- (-15): ...``, ``* Score 5 - ...``): the lowest and highest level. A deduction item whose levels are all
+        negative ends at 0 (no deduction). An item with neither raises :class:`RubricError`.
+        """
         bodies = re.findall(r"<item>(.*?)</item>", text, flags=re.DOTALL)
         if not bodies:
             raise RubricError("found <rubric> but no <item>...</item> elements")
@@ -178,8 +200,7 @@ class Rubric:
             body = raw.strip()
             lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
             title = re.sub(r"^[#*\s\d.)-]+|[*:]+$", "", lines[0]).strip() if lines else f"Item {i + 1}"
-            rng = _RANGE_IN_TEXT.search(body)
-            lo, hi = (int(rng["lo"]), int(rng["hi"])) if rng else (0, 5)
+            lo, hi = _reference_range(body, title or f"item {i + 1}")
             items.append({"title": title[:120], "description": body, "min_score": lo, "max_score": hi})
         return cls.from_items(items)
 
@@ -206,13 +227,32 @@ class Rubric:
     # ----- properties ---------------------------------------------------------------------------
     @property
     def max_points(self) -> float:
-        """Sum of item maxima (the paper's best raw score)."""
-        return float(sum(item.max_score for item in self.items))
+        """Best total: the weighted sum of item maxima (the paper's best raw score when weights are 1)."""
+        return float(sum(item.weight * item.max_score for item in self.items))
 
     @property
     def min_points(self) -> float:
-        """Sum of item minima."""
-        return float(sum(item.min_score for item in self.items))
+        """Worst total: the weighted sum of item minima."""
+        return float(sum(item.weight * item.min_score for item in self.items))
+
+    def total(self, points: Mapping[str, float]) -> float:
+        """The raw reward: weighted sum of item points (the paper's plain sum when weights are 1)."""
+        return float(sum(item.weight * points[item.id] for item in self.items))
+
+    def normalized(self, points: Mapping[str, float], weighting: Weighting = "points") -> float:
+        """The reward on [0, 1].
+
+        Args:
+            points: Item id to points on that item's range.
+            weighting: ``"points"`` (default): ``(total - min_points) / (max_points - min_points)``, an affine map
+                of the raw total, so an item worth 20 points moves the reward ten times as much as one worth 2,
+                as the meta-reward model intended. ``"equal"``: every item counts by its ``weight`` alone,
+                whatever its range (the weighted mean of per-item fractions).
+        """
+        if weighting == "equal":
+            weight = sum(item.weight for item in self.items)
+            return sum(item.weight * item.normalise(points[item.id]) for item in self.items) / weight
+        return (self.total(points) - self.min_points) / (self.max_points - self.min_points)
 
     def content_hash(self) -> str:
         """A short hash of the items (part of judge cache keys and version records)."""
@@ -278,9 +318,14 @@ class Rubric:
                     f"{where}: range [{item.min_score}, {item.max_score}] exceeds "
                     f"[{limits.min_score}, {limits.max_score}]"
                 )
-            if not item.weight > 0:
-                raise RubricError(f"{where}: weight {item.weight} must be positive")
+            if not (math.isfinite(item.weight) and item.weight > 0):
+                raise RubricError(f"{where}: weight {item.weight} must be a finite positive number")
             total += len(item.title) + len(item.description)
+        if not any(item.max_score > 0 for item in self.items):
+            raise RubricError(
+                "rubric has no item that awards points (every max_score <= 0), so every response without a "
+                "deduction would get the full reward; add at least one item with a positive max_score"
+            )
         if total > limits.max_total_chars:
             raise RubricError(f"rubric text has {total} chars, limit {limits.max_total_chars}")
         if len(self.deduplicated().items) != len(self.items):
@@ -296,6 +341,31 @@ _HEADING = re.compile(
     r"\s*(?:\{#(?P<id>[a-z0-9][a-z0-9_-]*)\})?\s*$"
 )
 _RANGE_IN_TEXT = re.compile(r"\(?\s*(?P<lo>-?\d+)\s*(?:-|–|to)\s*(?P<hi>-?\d+)\s*points?", re.IGNORECASE)
+# A level line of the reference layout: "- 20: ...", "* (-15) ...", "- Score 5 - ...", "- 3 points: ...".
+_LEVEL_LINE = re.compile(
+    r"^[ \t]*[-*•][ \t]*(?:score[ \t]*)?\(?[ \t]*(?P<v>[-+−]?\d{1,3})[ \t]*\)?[ \t]*(?:points?|pts)?[ \t]*[:.)–-]",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _reference_range(body: str, where: str) -> tuple[int, int]:
+    """Score range of one reference-format item: a stated ``a-b points``, else the span of its level lines."""
+    stated = _RANGE_IN_TEXT.search(body)
+    if stated:
+        return int(stated["lo"]), int(stated["hi"])
+    levels = [int(m["v"].replace("−", "-")) for m in _LEVEL_LINE.finditer(body)]
+    if not levels:
+        raise RubricError(
+            f"{where}: no score range found; state one as '(0-5 points)' or give level lines such as '- 5: ...'"
+        )
+    lo, hi = min(levels), max(levels)
+    if hi <= 0:
+        hi = 0  # a deduction item: its best level is "no deduction"
+    elif lo > 0 and len(levels) == 1:
+        lo = 0
+    if lo == hi:
+        raise RubricError(f"{where}: its level lines give only the score {lo}; give at least two levels")
+    return lo, hi
 
 
 def slugify(title: str) -> str:

@@ -14,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from metapo.files import atomic_write_json
 from metapo.rubric.diff import RubricDiff, diff
-from metapo.rubric.model import Rubric, RubricError
+from metapo.rubric.model import Rubric, RubricError, RubricLimits
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,16 @@ class RubricVersion:
 
 
 def lineage_dirname(lineage: str) -> str:
-    """Filesystem-safe directory name for a lineage key."""
+    """Filesystem-safe, injective directory name for a lineage key.
+
+    Characters outside ``[A-Za-z0-9_-]`` are percent-encoded (``"algebra/1"`` -> ``"algebra%2F1"``), so two
+    lineages never share a directory.
+    """
+    return quote(lineage, safe="-_") or "%00"
+
+
+def _legacy_dirname(lineage: str) -> str:
+    # The 0.1 layout, still read so that runs written by it resume.
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", lineage)
 
 
@@ -89,37 +99,41 @@ class RubricStore:
         self._lock = threading.Lock()
 
     def _dir(self, lineage: str) -> Path:
-        return self.root / lineage_dirname(lineage)
+        path = self.root / lineage_dirname(lineage)
+        if not path.exists():
+            legacy = self.root / _legacy_dirname(lineage)
+            first = next(iter(sorted(legacy.glob("v*.json"))), None) if legacy.is_dir() else None
+            if first is not None and json.loads(first.read_text()).get("lineage") == lineage:
+                return legacy
+        return path
 
     def lineages(self) -> list[str]:
         """Lineage keys that have at least one version."""
         out = []
         if self.root.exists():
             for sub in sorted(p for p in self.root.iterdir() if p.is_dir()):
-                first = next(iter(sorted(sub.glob("v*.json"))), None)
+                first = next((v for v in map(_read, sorted(sub.glob("v*.json"))) if v is not None), None)
                 if first is not None:
-                    out.append(json.loads(first.read_text())["lineage"])
+                    out.append(first.lineage)
         return out
 
     def history(self, lineage: str = "default") -> list[RubricVersion]:
         """All versions of a lineage, oldest first."""
-        return [
-            RubricVersion.from_dict(json.loads(p.read_text()))
-            for p in sorted(self._dir(lineage).glob("v*.json"))
-        ]
+        return [v for v in map(_read, sorted(self._dir(lineage).glob("v*.json"))) if v is not None]
 
     def get(self, lineage: str, version: int) -> RubricVersion:
         """One version; raises KeyError naming the available ones when absent."""
         path = self._dir(lineage) / f"v{version:04d}.json"
-        if not path.exists():
+        found = _read(path) if path.exists() else None
+        if found is None:
             have = [v.version for v in self.history(lineage)]
             raise KeyError(f"lineage {lineage!r} has no version {version}; available: {have}")
-        return RubricVersion.from_dict(json.loads(path.read_text()))
+        return found
 
     def latest(self, lineage: str = "default") -> RubricVersion | None:
         """Newest version, or None when the lineage is empty."""
-        paths = sorted(self._dir(lineage).glob("v*.json"))
-        return RubricVersion.from_dict(json.loads(paths[-1].read_text())) if paths else None
+        history = self.history(lineage)
+        return history[-1] if history else None
 
     def add(
         self,
@@ -130,14 +144,16 @@ class RubricStore:
         creator: str = "initial",
         step: int = 0,
         evidence: dict[str, Any] | None = None,
+        limits: RubricLimits | None = None,
     ) -> RubricVersion:
-        """Validate and append a new version; returns it with its assigned number."""
+        """Validate (with ``limits``, e.g. the meta step's) and append a new version; returns it numbered."""
         if not self.writable:
             raise RuntimeError("this rubric store is read-only (not the main process)")
-        rubric.validate() if creator != "initial" else _validate_initial(rubric)
+        rubric.validate(limits) if creator != "initial" else _validate_initial(rubric)
         with self._lock:
-            latest = self.latest(lineage)
-            number = 0 if latest is None else latest.version + 1
+            # Numbered from the file names, so a version file left empty by a crash is never claimed twice.
+            taken = [int(p.stem[1:]) for p in self._dir(lineage).glob("v*.json") if p.stem[1:].isdigit()]
+            number = max(taken, default=-1) + 1
             record = RubricVersion(
                 number, lineage, rubric, parents, creator, step, time.time(), evidence or {}
             )
@@ -161,6 +177,15 @@ class RubricStore:
     def diff(self, lineage: str, old: int, new: int) -> RubricDiff:
         """Diff two versions of a lineage."""
         return diff(self.get(lineage, old).rubric, self.get(lineage, new).rubric)
+
+
+def _read(path: Path) -> RubricVersion | None:
+    """One version file; ``None`` for the empty file a crash can leave where hard links are unsupported."""
+    text = path.read_text()
+    if not text.strip():
+        log.warning("skipping empty rubric version file %s (left by an interrupted write)", path)
+        return None
+    return RubricVersion.from_dict(json.loads(text))
 
 
 def _validate_initial(rubric: Rubric) -> None:

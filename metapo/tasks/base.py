@@ -84,8 +84,12 @@ class Task(ABC):
         builtin_file: JSONL file under ``metapo/tasks/data`` with the built-in set (rows carry a ``split``).
         columns: Renames applied to every source row before anything else, as ``{expected: source_column}``,
             for data whose column names differ from the task's.
-        eos_penalty: Reward (normalised units) when generation hit the token limit without EOS; ``None`` turns
-            the gate off.
+        eos_penalty: Added to the judge's reward (normalised units) when generation hit the token limit without
+            EOS, as the paper's missing-EOS penalty; ``None`` turns the gate off.
+        judge_chars: Longest text (task input or response) the reward judge is shown per field.
+        meta_chars: Longest text the meta-reward model is shown per field.
+        meta_reference_column: Column with a reference answer the meta-reward model is shown beside each
+            sample (math: the worked solution; summarization: the reference summary).
         meta_mode: How the meta step refines rubrics for this task: ``"merge"`` (analyse and refine sampled
             rollouts, then merge; essay, summarization, ethics) or ``"guidelines"`` (per-lineage guideline
             rewrite from score-stratified cases; math).
@@ -103,6 +107,9 @@ class Task(ABC):
     builtin_file: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     eos_penalty: float | None = -0.2
+    judge_chars: int = 6000
+    meta_chars: int = 3000
+    meta_reference_column: str | None = None
     meta_mode: str = "merge"
     last_load_stats: LoadStats | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -121,7 +128,8 @@ class Task(ABC):
         return {"iter0": self.initial_rubric()}
 
     def gates(self) -> tuple[Gate, ...]:
-        """Rule gates checked, in order, before any judge call; the first that fires replaces the score."""
+        """Rule gates checked, in order, before any judge call: the first replacing gate that fires stands in for
+        the judge; additive ones (missing EOS) adjust the judge's reward."""
         return (RequireEOS(penalty=self.eos_penalty),) if self.eos_penalty is not None else ()
 
     def lineage_key(self, columns: Mapping[str, Any]) -> str:

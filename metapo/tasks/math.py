@@ -358,6 +358,7 @@ class MathTask(Task):
     meta_persona: str = MATH_META_PERSONA
     judge_input_label: str = "Problem"
     max_completion_tokens: int = 1000
+    meta_reference_column: str | None = "solution"
     default_meta_interval: int = 30
     default_source: str | None = None
     builtin_file: str | None = "math_problems.jsonl"

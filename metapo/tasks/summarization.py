@@ -76,6 +76,10 @@ class SummarizationTask(Task):
     meta_persona: str = SUMMARY_META_PERSONA
     judge_input_label: str = "Bill"
     max_completion_tokens: int = 512
+    # Whole bills: prompts over 4,000 tokens are dropped, i.e. about 17,000 characters of bill.
+    judge_chars: int = 20000
+    meta_chars: int = 20000
+    meta_reference_column: str | None = "reference_summary"
     default_meta_interval: int = 20
     default_source: str | None = "duccd/billsum-clean"
     builtin_file: str | None = "bills.jsonl"

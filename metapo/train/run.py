@@ -16,7 +16,7 @@ from metapo.files import NewEntries, atomic_write_text, check_model_spec, read_j
 from metapo.judges import build_judge
 from metapo.meta.controller import MetaPolicyOptimizationCallback
 from metapo.meta.meta_judge import MetaJudge
-from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward
+from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward, any_process
 from metapo.rubric.active import ActiveRubrics
 from metapo.rubric.diff import diff
 from metapo.rubric.model import Rubric, RubricError
@@ -122,6 +122,12 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         cfg.mpo.interval = task.default_meta_interval
     if cfg.mpo.mode is None:
         cfg.mpo.mode = task.meta_mode
+    if cfg.mpo.seed is None:
+        cfg.mpo.seed = cfg.seed
+    if cfg.mpo.max_sample_chars is None:
+        cfg.mpo.max_sample_chars = task.meta_chars
+    if cfg.reward.max_judge_chars is None:
+        cfg.reward.max_judge_chars = task.judge_chars
     dataset = task.load(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
     if task.last_load_stats is not None:
         log.info(task.last_load_stats.summary())
@@ -150,6 +156,11 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
             persona=task.meta_persona,
             task_description=task.instruction,
             detector_selector=detector_selector,
+            token_counter=_token_counter(judge),
+            # In logprob scoring every item the meta step writes stays readable from one digit.
+            score_bound=9 if cfg.reward.scoring == "logprob" else 20,
+            judge_chars=cfg.reward.judge_chars,
+            reference_column=task.meta_reference_column,
         )
     judges = {"judge/": judge} | ({"meta_judge/": meta_client} if meta_client is not judge else {})
     controller = MetaPolicyOptimizationCallback(
@@ -208,6 +219,19 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     return BuiltRun(trainer, controller, reward, store, run_dir, task)
 
 
+def _token_counter(judge: Any) -> Any:
+    """The reward judge's exact token counter, degrading to ``None`` (an estimate) when it cannot count."""
+
+    def count(text: str) -> int | None:
+        try:
+            return judge.count_tokens(text)
+        except Exception as exc:  # a missing tokenizer must not fail a meta step
+            log.warning("cannot count the judge's tokens (%s); estimating 3 characters per token", exc)
+            return None
+
+    return count
+
+
 def train(cfg: RunConfig, *, resume: bool = False) -> BuiltRun:
     """Run training to the end (or resume the last checkpoint) and save the final policy beside the rubrics.
 
@@ -246,9 +270,8 @@ def train(cfg: RunConfig, *, resume: bool = False) -> BuiltRun:
                 log_handler.close()
             created.remove()
         raise
-    if built.trainer.accelerator.is_main_process:
-        built.trainer.save_model(str(run_dir / "final"))
-        built.controller.save_state(run_dir / "final")
+    built.trainer.save_model(str(run_dir / "final"))
+    built.controller.save_checkpoint_state(run_dir / "final")
     return built
 
 
@@ -261,11 +284,11 @@ def _checkpoint_last_step(built: BuiltRun) -> None:
     trainer = built.trainer
     step = trainer.state.global_step
     ckpt = Path(trainer.args.output_dir) / f"checkpoint-{step}"
-    if step == 0 or ckpt.exists():
+    # Every process must take the same branch: saving is collective.
+    if step == 0 or any_process(ckpt.exists()):
         return
     trainer._save_checkpoint(trainer.model, trial=None)
-    if trainer.accelerator.is_main_process:
-        built.controller.save_state(ckpt)
+    built.controller.save_checkpoint_state(ckpt)
     log.error("the judge is unavailable: saved %s; resume with --resume once the judge is back", ckpt)
 
 
