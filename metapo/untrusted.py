@@ -251,8 +251,21 @@ def _every_character() -> str:
     return "".join(map(chr, range(0x110000)))
 
 
+def _literal(regex: str) -> str | None:
+    """The character a one-character regex from :func:`_char_regex` stands for, if it is a literal."""
+    if len(regex) == 1 and regex not in ".":
+        return regex
+    if len(regex) == 2 and regex[0] == "\\" and not regex[1].isalnum():
+        return regex[1]
+    return None
+
+
 @functools.cache
 def _disjoint(a: str, b: str, flags: int) -> bool:
+    for one, other in ((a, b), (b, a)):
+        char = _literal(one)
+        if char is not None:  # a literal against a class: one test, no scan of every character
+            return re.compile(other, flags).fullmatch(char) is None
     return re.compile(f"(?={a}){b}", flags).search(_every_character()) is None
 
 

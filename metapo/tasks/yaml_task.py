@@ -275,4 +275,7 @@ def _build_gate(spec: Any, index: int) -> Gate:
         raise TaskSpecError(f"{where}: min_words gate needs 'min_words'")
     if kind == "required_pattern" and "pattern" not in params:
         raise TaskSpecError(f"{where}: required_pattern gate needs 'pattern'")
-    return cls(**params)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:  # e.g. a pattern that could stall on a long completion
+        raise TaskSpecError(f"{where} ({kind}): {exc}") from None

@@ -13,11 +13,13 @@ import logging
 import re
 from pathlib import Path
 
+from metapo.meta.controller import STATE_FILE
+
 log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-# The callback's state (metapo.meta.controller.STATE_FILE) and the Trainer's, both written last.
-_STATE_FILES = ("mpo_state.json", "trainer_state.json")
+# The callback's state and the Trainer's, both written last.
+_STATE_FILES = (STATE_FILE, "trainer_state.json")
 _WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
 _SHARDED = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
