@@ -30,6 +30,10 @@ MAX_YAML_NODES = 1_000_000
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
+# Settings whose value may be a secret (or a secret pasted where its variable's name belongs): never echoed.
+_SECRET_KEY = re.compile(r"(?:^|[._])(?:api_key|key|token|secret|password)(?:_env)?\Z", re.IGNORECASE)
+
+
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the fix."""
 
@@ -176,7 +180,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {exc}") from exc
 
 
 def check_value(value: Any, hint: Any, key: str) -> Any:
@@ -193,7 +197,8 @@ def check_value(value: Any, hint: Any, key: str) -> Any:
     """
     ok, converted = _conforms(value, hint)
     if not ok:
-        raise ConfigError(f"{key}={_shown(value)} is not valid: expected {_describe(hint)}")
+        shown = "<not shown>" if _SECRET_KEY.search(key) else _shown(value)
+        raise ConfigError(f"{key}={shown} is not valid: expected {_describe(hint)}")
     return converted
 
 

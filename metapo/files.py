@@ -66,7 +66,10 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputFileError(f"{what} {path} is a directory; pass a file name")
-    check_output_dir(path.parent, f"the folder of {what} {path}")
+    try:
+        check_output_dir(path.parent, "folder")
+    except InputFileError as exc:
+        raise InputFileError(f"{what} {path}: {exc}") from None
     return path
 
 
@@ -142,7 +145,14 @@ def _claim(tmp: str, path: Path) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+        if exc.errno not in (
+            errno.EPERM,
+            errno.ENOTSUP,
+            errno.EOPNOTSUPP,
+            errno.EXDEV,
+            errno.EMLINK,
+            errno.ENOSYS,
+        ):
             raise
         # No hard links here (some network and FUSE filesystems): claim the name by exclusive creation, then
         # swap the content in atomically. A crash in between leaves an empty file, which readers skip.

@@ -156,17 +156,12 @@ def repair_jsonl_tail(path: Path) -> int:
 
 def done_rows(path: Path) -> dict[int, str]:
     """Row index to id for every complete record already in ``path``."""
+    from metapo.files import read_jsonl
+
     out: dict[int, str] = {}
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "row" in record:
-                out[int(record["row"])] = str(record.get("id"))
+    for record in read_jsonl(path):
+        if isinstance(record.get("row"), int):
+            out[record["row"]] = str(record.get("id"))
     return out
 
 

@@ -736,6 +736,8 @@ class JudgeConfig:
             raise ValueError(f"judge backend must be one of {BACKENDS}, got {self.backend!r}")
         if isinstance(self.base_urls, str):
             self.base_urls = [u for u in self.base_urls.split(",") if u.strip()]
+        for url in self.base_urls:
+            normalize_base_url(url)  # checked now, before a config holding it is written
         if self.max_concurrency < 1 or self.max_attempts < 1 or self.n_parallel < 1:
             raise ValueError("max_concurrency, max_attempts and n_parallel must be >= 1")
         if self.timeout_s <= 0:

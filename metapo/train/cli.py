@@ -75,16 +75,17 @@ def load_run_config(config: Path | None, overrides: list[str], extra: dict[str, 
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metapo.reward.rubric_reward import JudgeUnavailableError
-    from metapo.train.run import summarize, train
-
     # Bad input (config, run directory, data, rubric files) raises ValueError or OSError subclasses naming
-    # the culprit; metapo.cli.main prints them as one line.
+    # the culprit; metapo.cli.main prints them as one line. The config is checked before the heavy imports.
     extra = {k: v for k, v in {"task": args.task, "output_dir": args.output_dir}.items() if v}
     cfg = load_run_config(args.config, args.overrides, extra)
     if args.resume:
         # The saved config is the truth for a resumed run; command-line overrides still apply on top.
         cfg = load_run_config(Path(cfg.output_dir) / "config.yaml", args.overrides, extra)
+
+    from metapo.reward.rubric_reward import JudgeUnavailableError
+    from metapo.train.run import summarize, train
+
     try:
         built = train(cfg, resume=args.resume)
     except JudgeUnavailableError as exc:

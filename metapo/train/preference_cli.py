@@ -198,18 +198,20 @@ def build_config(config_path: str | Path | None, overrides: Sequence[str] = ()):
     Returns:
         ``(script_args, training_args, model_args)``.
     """
-    from transformers import HfArgumentParser
-    from trl import ModelConfig
-
     from metapo.config import check_value, load_yaml
-    from metapo.objectives import get_objective
-    from metapo.train.preference import PreferenceConfig
 
+    # Read (and reject) the file and the overrides before the heavy imports below.
     merged: dict[str, Any] = {}
     if config_path is not None:
         merged.update(_coerce_numbers(load_yaml(config_path)))
     for key, value in parse_overrides(overrides).items():
         _set_dotted(merged, key, value)
+
+    from transformers import HfArgumentParser
+    from trl import ModelConfig
+
+    from metapo.objectives import get_objective
+    from metapo.train.preference import PreferenceConfig
 
     dataclass_types = (PreferenceScriptArguments, PreferenceConfig, ModelConfig)
     known = {f.name for cls in dataclass_types for f in fields(cls)}
@@ -307,11 +309,12 @@ def run_train_pref(args: argparse.Namespace) -> int:
     Returns:
         Process exit code.
     """
+    script_args, training_args, model_args = build_config(args.config, args.overrides)  # bad input fails fast
+
     from trl import get_peft_config
 
     from metapo.train.preference import PreferenceTrainer, evaluate_margins
 
-    script_args, training_args, model_args = build_config(args.config, args.overrides)
     train, test = _load_dataset(script_args, training_args.seed)
     model, tokenizer = _load_model(model_args, training_args)
     trainer = PreferenceTrainer(
