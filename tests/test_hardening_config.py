@@ -26,7 +26,10 @@ BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "nested-int-as-word": ({"mpo": {"interval": "ten"}}, "mpo.interval='ten' is not valid"),
     "bool-for-int": ({"seed": True}, "seed=True is not valid: expected an integer"),
     "float-for-int": ({"reward": {"max_judge_chars": 1.5}}, "reward.max_judge_chars=1.5"),
-    "nan-timeout": ({"judge": {"timeout_s": float("nan")}}, "judge.timeout_s=nan is not valid: expected a finite"),
+    "nan-timeout": (
+        {"judge": {"timeout_s": float("nan")}},
+        "judge.timeout_s=nan is not valid: expected a finite",
+    ),
     "infinite-timeout": ({"judge": {"timeout_s": float("inf")}}, "judge.timeout_s=inf"),
     "word-for-rank": ({"lora": {"r": "8x"}}, "lora.r='8x' is not valid"),
     "list-for-mapping": ({"task_options": ["a"]}, "task_options=['a'] is not valid: expected a mapping"),
@@ -36,7 +39,10 @@ BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "number-for-string": ({"model": 123}, "model=123 is not valid: expected a string"),
     "training-not-a-mapping": ({"training": 5}, "training=5 is not valid: expected a mapping"),
     "training-value": ({"training": {"max_steps": "many"}}, "training.max_steps='many' is not valid"),
-    "training-typo": ({"training": {"lerning_rate": 0.1}}, "training.lerning_rate is not a GRPOConfig setting"),
+    "training-typo": (
+        {"training": {"lerning_rate": 0.1}},
+        "training.lerning_rate is not a GRPOConfig setting",
+    ),
     "url-with-credentials": (
         {"judge": {"base_urls": ["https://user:sk-hidden-1@host/v1"]}},
         "judge base URL must not hold credentials",
@@ -93,7 +99,9 @@ def test_lossless_conversions_are_kept() -> None:
     )
     assert cfg.judge.base_urls == ["http://a:1/v1", "http://b:2/v1"]
     assert cfg.judge.timeout_s == 30.0 and isinstance(cfg.judge.timeout_s, float)
-    assert cfg.lora is not None and cfg.lora.dropout == 0.05 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert (
+        cfg.lora is not None and cfg.lora.dropout == 0.05 and cfg.lora.target_modules == ["q_proj", "v_proj"]
+    )
 
 
 def test_preference_settings_are_type_checked_too() -> None:
