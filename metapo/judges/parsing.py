@@ -71,9 +71,20 @@ _NOTHING = object()
 
 def _loads(candidate: str) -> Any:
     try:
-        return json.loads(candidate)
-    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
+        return json.loads(candidate, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError):  # not JSON (NaN and Infinity included), or nested too deeply
         return _NOTHING
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal} does not fit a float")
+    return value
 
 
 def _fenced_blocks(text: str) -> list[str]:
