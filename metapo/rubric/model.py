@@ -112,7 +112,7 @@ class Rubric:
                     RubricItem(
                         id=str(raw.get("id") or slugify(title) or f"item-{i + 1}"),
                         title=title,
-                        description=str(raw.get("description", "")).strip(),
+                        description=str(raw.get("description", "")).replace("\r\n", "\n").strip(),
                         min_score=_integer(raw.get("min_score", 0), "min_score"),
                         max_score=_integer(raw.get("max_score", 5), "max_score"),
                         weight=_number(raw.get("weight", 1.0), "weight"),
