@@ -3,6 +3,7 @@ resumed run restores each sample once, and a judge outage on one rank stops both
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,10 +51,25 @@ def _torchrun(tmp_path: Path, target: list[str], timeout_s: float = 300) -> tupl
     try:
         _, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        # torchrun starts each worker in a session of its own: kill the workers first, then the launcher.
+        for pid in _children(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
         stderr += "\n[killed: the run hung]"
     return proc.returncode, stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc (empty where /proc has no such listing)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
 
 
 @pytest.mark.slow

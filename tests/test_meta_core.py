@@ -362,3 +362,23 @@ def test_failed_analyses_are_counted_not_fatal() -> None:
 
     outcome = _run(MetaJudge(HalfBroken(), MetaConfig(samples=2)), V0, [_sample(i, 0, {"quality": 1.0}, 0.2) for i in range(2)])
     assert outcome.accepted and len(outcome.refinements) == 1
+
+
+def test_the_context_check_counts_the_judges_own_tokens(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from metapo.judges import JudgeClient
+    from metapo.judges.backends import TransformersBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    client = JudgeClient(TransformersBackend(str(tiny_model_dir)), model_id="tiny")
+    text = "Deduct points for filler, repetition and unsupported claims."
+    assert client.count_tokens(text) == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    long_sample = _sample(1, 0, {"quality": 1.0}, 0.2)
+    long_sample.completion = "filler " * 100
+    needed = client.count_tokens(V1.to_markdown()) + client.count_tokens(long_sample.prompt + long_sample.completion)
+    fits = MetaJudge(RecordingMetaJudge(), MetaConfig(judge_context_tokens=needed + 256), token_counter=client.count_tokens)
+    fits.check(V1, [long_sample])
+    tight = MetaJudge(RecordingMetaJudge(), MetaConfig(judge_context_tokens=needed + 255), token_counter=client.count_tokens)
+    with pytest.raises(RubricError, match=f"needs {needed + 256} tokens"):
+        tight.check(V1, [long_sample])

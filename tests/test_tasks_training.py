@@ -23,6 +23,7 @@ def test_each_task_trains_with_meta_steps(task: str, tiny_model_dir: Path, tmp_p
                 "model": str(tiny_model_dir),
                 "task": task,
                 "limit": 8,
+                "seed": 3,
                 "output_dir": str(tmp_path / "run"),
                 "task_options": {"max_completion_tokens": 12},
                 "judge": {"backend": "openai", "model": "scripted", "base_urls": [judge.url], "timeout_s": 5},
@@ -41,6 +42,9 @@ def test_each_task_trains_with_meta_steps(task: str, tiny_model_dir: Path, tmp_p
     assert len(samples) == 8
     assert (run / "final" / "config.json").exists() and (run / "final" / "mpo_state.json").exists()
     assert built.controller.meta_steps == 2
+    # The run's seed seeds meta-step selection; the task sizes what the judges see.
+    assert cfg.mpo.seed == 3 and cfg.reward.max_judge_chars == built.task.judge_chars
+    assert cfg.mpo.max_sample_chars == built.task.meta_chars
     if task == "math":
         # Per-cluster guideline lineages, refined without a merge.
         assert cfg.mpo.mode == "guidelines"

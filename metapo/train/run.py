@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -329,8 +330,9 @@ def summarize(run_dir: Path) -> str:
             lines += [
                 "    " + ln for ln in diff(history[-2].rubric, history[-1].rubric).render().splitlines()
             ]
+    samples = read_jsonl(run_dir / "samples.jsonl")
     rewards: dict[int, list[float]] = {}
-    for sample in read_jsonl(run_dir / "samples.jsonl"):
+    for sample in samples:
         if sample.get("reward") is not None:
             rewards.setdefault(int(sample.get("step", 0)), []).append(float(sample["reward"]))
     if rewards:
@@ -339,4 +341,71 @@ def summarize(run_dir: Path) -> str:
         lines.append(f"mean reward by step (step:reward): {trend}")
     meta = sorted((run_dir / "meta").glob("*.json")) if (run_dir / "meta").exists() else []
     lines.append(f"meta steps logged: {len(meta)}")
+    meta_steps = sorted({int(json.loads(p.read_text()).get("step", 0)) for p in meta})
+    first, last = window_stats(samples, meta_steps)
+    if first is not None and last is not None:
+        lines.append(
+            "first window vs last window (the samples before the first meta step vs since the last):"
+        )
+        for key, label in WINDOW_STATS:
+            lines.append(f"  {label:<34} {_fmt(first[key])} -> {_fmt(last[key])}")
     return "\n".join(lines)
+
+
+#: What :func:`window_stats` reports, with labels.
+WINDOW_STATS = (
+    ("samples", "samples"),
+    ("mean_words", "mean completion words"),
+    ("eos_truncated", "share cut at the token limit"),
+    ("mean_judge_score", "mean judge score (normalised)"),
+    ("gated", "share decided by a rule gate"),
+)
+
+
+def window_stats(
+    samples: list[dict[str, Any]], meta_steps: list[int]
+) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    """Statistics of the first window (before the first meta step) and the last (since the last meta step).
+
+    Without meta steps the first and last quarter of the steps are compared. The judge score is the judge's
+    total mapped to [0, 1] (reward minus rule penalties), over samples the judge scored.
+    """
+    if not samples:
+        return None, None
+    steps = sorted({int(s.get("step", 0)) for s in samples})
+    if meta_steps:
+        first_end, last_start = meta_steps[0], meta_steps[-1]
+    else:
+        quarter = max(1, len(steps) // 4)
+        first_end, last_start = steps[quarter - 1] + 1, steps[-quarter]
+
+    def stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+        judged = [r for r in rows if r.get("raw_score") is not None and r.get("reward") is not None]
+        return {
+            "samples": float(len(rows)),
+            "mean_words": statistics.fmean(len(str(r.get("completion", "")).split()) for r in rows)
+            if rows
+            else 0.0,
+            "eos_truncated": _share(
+                rows,
+                lambda r: "missing_eos" in (r.get("adjustments") or {}) or r.get("gate") == "missing_eos",
+            ),
+            "mean_judge_score": statistics.fmean(
+                float(r["reward"]) - sum((r.get("adjustments") or {}).values()) for r in judged
+            )
+            if judged
+            else float("nan"),
+            "gated": _share(rows, lambda r: r.get("gate") is not None),
+        }
+
+    first = [s for s in samples if int(s.get("step", 0)) < first_end]
+    last = [s for s in samples if int(s.get("step", 0)) >= last_start]
+    return (stats(first) if first else None), (stats(last) if last else None)
+
+
+def _share(rows: list[dict[str, Any]], predicate: Any) -> float:
+    return sum(bool(predicate(r)) for r in rows) / len(rows) if rows else 0.0
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) and value > 1 else f"{value:.3f}"
