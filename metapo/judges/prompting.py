@@ -57,19 +57,39 @@ def _fold(char: str) -> str:
     return unicodedata.normalize("NFKC", char)
 
 
+@functools.cache
+def _invisible() -> re.Pattern[str]:
+    """The format and control characters (categories Cf and Cc), which only live in planes 0, 1 and 14."""
+    codes = [
+        code
+        for plane in (0x00000, 0x10000, 0xE0000)
+        for code in range(plane, plane + 0x10000)
+        if unicodedata.category(chr(code)) in ("Cf", "Cc") and chr(code) not in "\t\n\r"
+    ]
+    return re.compile("[" + "".join(re.escape(chr(code)) for code in codes) + "]")
+
+
+def _plain(run: str) -> bool:
+    """Whether a run of text reads as itself: already NFKC and free of invisible characters (C-speed checks)."""
+    return unicodedata.is_normalized("NFKC", run) and _invisible().search(run) is None
+
+
 def _skeleton(text: str) -> tuple[str, list[int] | None]:
     """``text`` as a model would read its structure, and the index in ``text`` of every skeleton character.
 
     Full-width and small-form variants fold to ASCII (``＜／response＞`` reads ``</response>``) and
     invisible characters vanish (``</res\u200bponse>`` reads ``</response>``), so look-alikes of tags and
-    control tokens are found. ``None`` as the index map means the skeleton is ``text`` itself.
+    control tokens are found. ``None`` as the index map means the skeleton is ``text`` itself, as it is for
+    printable ASCII and for most other text (checked at C speed); only runs that fold are mapped by hand.
     """
-    if _UNUSUAL.search(text) is None:
+    if _UNUSUAL.search(text) is None or _plain(text):
         return text, None
     parts: list[str] = []
     origin: list[int] = []
     pos = 0
     for match in _UNUSUAL.finditer(text):
+        if _plain(match.group()):
+            continue  # copied with the text around it
         parts.append(text[pos : match.start()])
         origin.extend(range(pos, match.start()))
         for index in range(match.start(), match.end()):
