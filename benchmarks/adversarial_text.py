@@ -3,7 +3,7 @@
 Each stage (fencing a completion, neutralising a request, the injection and empty-tag detectors, reading JSON
 from a judge's answer, finding boxed answers, the ethics word gate, the pairwise verdict, a rubric heading)
 gets an input built to make a backtracking regex or a naive scan super-linear. The stage runs at 25k, 50k and
-100k characters: a linear stage doubles its time per doubling (growth ~2), a quadratic one quadruples (~4).
+100k characters (the fastest of five runs): a linear stage doubles its time per doubling (growth ~2), a quadratic one quadruples (~4).
 The implementation before the hardening (commit 8401a5b, copied below only to measure against) runs on the
 same inputs at sizes small enough to finish; its growth shows why it had to go.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -90,7 +89,9 @@ def old_find_boxed(text: str) -> int:
 
 
 # ----- stages: (name, input family, old implementation or None, current implementation) -------------------------
-def stages() -> list[tuple[str, str, Callable[[int], str], Callable[[str], Any] | None, Callable[[str], Any]]]:
+def stages() -> list[
+    tuple[str, str, Callable[[int], str], Callable[[str], Any] | None, Callable[[str], Any]]
+]:
     from metapo.judges.parsing import extract_json
     from metapo.judges.prompting import fence
     from metapo.judges.types import ChatRequest
@@ -125,14 +126,44 @@ def stages() -> list[tuple[str, str, Callable[[int], str], Callable[[str], Any] 
         return ChatRequest(messages=({"role": "user", "content": text},)).body("m")
 
     return [
-        ("fence a completion", "'<' + n spaces", lambda n: "<" + " " * n, old_fence, lambda t: fence("response", t)),
-        ("fence a completion", "full-width '＜' x n", lambda n: "＜" * n, old_fence, lambda t: fence("response", t)),
+        (
+            "fence a completion",
+            "'<' + n spaces",
+            lambda n: "<" + " " * n,
+            old_fence,
+            lambda t: fence("response", t),
+        ),
+        (
+            "fence a completion",
+            "full-width '＜' x n",
+            lambda n: "＜" * n,
+            old_fence,
+            lambda t: fence("response", t),
+        ),
         ("neutralise a request", "'< ' x n/2 + zero-width", lambda n: "<\u200b " * (n // 3), None, body),
-        ("injection detector", "'<' + n spaces + 'x'", lambda n: "<" + " " * n + "x", OLD_SCORE_TAG.search, injection_hits),
+        (
+            "injection detector",
+            "'<' + n spaces + 'x'",
+            lambda n: "<" + " " * n + "x",
+            OLD_SCORE_TAG.search,
+            injection_hits,
+        ),
         ("empty-tag detector", "'<a' + ' b' x n/2", lambda n: "<a" + " b" * (n // 2), None, empty_tags),
         ("judge answer JSON", "'[' x n", lambda n: "[" * n, old_extract_json, current_json),
-        ("judge answer JSON", "'{\"a\": ' x n/6", lambda n: '{"a": ' * (n // 6), old_extract_json, current_json),
-        ("boxed answers", "'\\boxed 1 ' x n/9", lambda n: "\\boxed 1 " * (n // 9), old_find_boxed, find_boxed),
+        (
+            "judge answer JSON",
+            "'{\"a\": ' x n/6",
+            lambda n: '{"a": ' * (n // 6),
+            old_extract_json,
+            current_json,
+        ),
+        (
+            "boxed answers",
+            "'\\boxed 1 ' x n/9",
+            lambda n: "\\boxed 1 " * (n // 9),
+            old_find_boxed,
+            find_boxed,
+        ),
         (
             "ethics word gate",
             "'<verdict>' x n/9",
@@ -140,18 +171,31 @@ def stages() -> list[tuple[str, str, Callable[[int], str], Callable[[str], Any] 
             lambda t: OLD_VERDICT_STRIP.sub(" ", t),
             lambda t: too_short(Candidate("q", t, {}, True)),
         ),
-        ("pairwise verdict", "'<winner>' x n/8", lambda n: "<winner>" * (n // 8), OLD_WINNER.findall, current_winner),
-        ("rubric heading", "'## ' + n spaces + 'x'", lambda n: "## " + " " * n + "x", OLD_HEADING.match, current_heading),
+        (
+            "pairwise verdict",
+            "'<winner>' x n/8",
+            lambda n: "<winner>" * (n // 8),
+            OLD_WINNER.findall,
+            current_winner,
+        ),
+        (
+            "rubric heading",
+            "'## ' + n spaces + 'x'",
+            lambda n: "## " + " " * n + "x",
+            OLD_HEADING.match,
+            current_heading,
+        ),
     ]
 
 
 def _time(fn: Callable[[str], Any], text: str, repeats: int) -> float:
+    """The fastest of ``repeats`` runs: on a shared box, outside load only ever adds time."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         fn(text)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return min(times)
 
 
 def main() -> int:
@@ -160,11 +204,15 @@ def main() -> int:
     args = parser.parse_args()
     sizes = (2_500, 5_000, 10_000) if args.quick else (25_000, 50_000, 100_000)
     # The old implementations run where they finish: the rubric heading was cubic, the rest quadratic.
-    old_sizes = {"rubric heading": (250, 500)} if args.quick else {"rubric heading": (500, 1_000)}
+    old_sizes = (
+        {"rubric heading": (250, 500), "boxed answers": (5_000, 10_000)}
+        if args.quick
+        else {"rubric heading": (500, 1_000), "boxed answers": (50_000, 100_000)}
+    )
     old_default = (1_000, 2_000) if args.quick else (5_000, 10_000)
     rows, records = [], []
     for name, family, make, old, new in stages():
-        new_times = [_time(new, make(n), 3) for n in sizes]
+        new_times = [_time(new, make(n), 5) for n in sizes]
         record: dict[str, Any] = {
             "stage": name,
             "input": family,
@@ -176,7 +224,7 @@ def main() -> int:
         if old is not None:
             small = old_sizes.get(name, old_default)
             old_times = [_time(old, make(n), 1) for n in small]
-            now_at_small = _time(new, make(small[-1]), 3)
+            now_at_small = _time(new, make(small[-1]), 5)
             record["before"] = {
                 "sizes": list(small),
                 "seconds": old_times,
@@ -200,7 +248,13 @@ def main() -> int:
         )
     print(
         table(
-            ["stage", "adversarial input", f"ms at {sizes[-1] // 1000}k", "growth per doubling", "before the hardening"],
+            [
+                "stage",
+                "adversarial input",
+                f"ms at {sizes[-1] // 1000}k",
+                "growth per doubling",
+                "before the hardening",
+            ],
             rows,
         )
     )
