@@ -9,8 +9,8 @@ the response cache stores an answer only when it reads back exactly, and never a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -206,15 +206,17 @@ def test_an_in_process_backend_answer_never_escapes_as_another_exception(case: s
     answer = _objects()[case]
     with ScoreCache(tmp_path / "c.sqlite") as cache:
         client = JudgeClient(ObjectBackend(answer), model_id="obj", cache=cache, max_attempts=1)
-        try:
-            reading = asyncio.run(client.expected_score(MESSAGES, 0, 9))
-        except JudgeError:
+        if case != "usage-as-infinity":
+            with pytest.raises(JudgeError):
+                asyncio.run(client.expected_score(MESSAGES, 0, 9))
             assert len(cache) == 0
-        else:  # readable once the non-finite values are dropped: a real number, stored without NaN
-            assert case == "usage-as-infinity"
-            assert math.isfinite(reading.expected) and reading.result.prompt_tokens == 0
-            assert len(cache) == 1
-            assert b"Infinity" not in (tmp_path / "c.sqlite").read_bytes()
+            return
+        # Readable once the non-finite count is dropped: a real score, stored without an Infinity.
+        reading = asyncio.run(client.expected_score(MESSAGES, 0, 9))
+    assert reading.expected == pytest.approx(6.0) and reading.result.prompt_tokens == 0
+    with ScoreCache(tmp_path / "c.sqlite") as cache:
+        assert len(cache) == 1
+    assert b"Infinity" not in (tmp_path / "c.sqlite").read_bytes()
 
 
 def test_the_reward_function_turns_malformed_answers_into_missing_scores(tmp_path: Path) -> None:
@@ -256,3 +258,46 @@ def test_a_malformed_meta_judge_answer_rejects_the_step_without_raising(case: st
         )
     assert not outcome.accepted and outcome.rubric is None
     assert "JudgeError" in outcome.reason
+
+
+class RaisingBackend(ObjectBackend):
+    """An in-process backend with a bug: it raises something no backend is meant to raise."""
+
+    async def complete(self, body: dict[str, Any]) -> Any:
+        raise self.answer
+
+
+@pytest.mark.parametrize("error", [TypeError("bad"), KeyError("choices"), RecursionError(), OverflowError()])
+def test_a_backend_bug_is_a_judge_error_too(error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    client = JudgeClient(RaisingBackend(error), model_id="obj", max_attempts=1)
+    with pytest.raises(JudgeError, match=type(error).__name__):
+        asyncio.run(client.expected_score(MESSAGES, 0, 9))
+    assert "raised unexpectedly" in caplog.text  # logged in full: it is a bug to fix, not a bad answer
+
+
+def test_a_body_without_content_length_is_cut_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that streams until it closes the connection (no Content-Length) is stopped at the cap too."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(backends_module, "MAX_RESPONSE_BYTES", 64 * 1024)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            with contextlib.suppress(OSError):  # the client hangs up at the cap
+                conn.sendall(b'{"choices": [{"message": {"content": "' + b"6" * 1_000_000 + b'"}}]}')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = JudgeClient(
+        OpenAIHTTPBackend([f"http://127.0.0.1:{port}/v1"], timeout_s=10), model_id="s", max_attempts=1
+    )
+    with pytest.raises(JudgeError, match="over 65536 bytes"):
+        asyncio.run(client.expected_score(MESSAGES, 0, 9))
+    thread.join(5)
+    server.close()

@@ -395,12 +395,8 @@ class JudgeClient:
                 await asyncio.sleep(delay)
             try:
                 result, response = await self._send(body, attempt)
-                value = read(result)
             except TransientJudgeError as exc:
                 last = exc
-                continue
-            except _UNREADABLE as exc:  # the answer came back but could not be read
-                last = TransientJudgeError(f"unreadable answer: {type(exc).__name__}: {exc}")
                 continue
             except JudgeError:  # a rejected request
                 self._count(failures=1)
@@ -411,6 +407,14 @@ class JudgeClient:
                 raise JudgeError(
                     f"judge {self.model_id!r}: backend error {type(exc).__name__}: {exc}"
                 ) from exc
+            try:
+                value = read(result)
+            except JudgeError:  # an answer no retry can fix (e.g. cut at its token cap)
+                self._count(failures=1)
+                raise
+            except _UNREADABLE as exc:  # the answer came back but could not be read
+                last = TransientJudgeError(f"unreadable answer: {type(exc).__name__}: {exc}")
+                continue
             await self._cache_put(body, response)
             return value, result
         self._count(failures=1)
