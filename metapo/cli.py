@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES = (
     "metapo.train.cli",
     "metapo.train.preference_cli",
+    "metapo.prefdata.cli",
     "metapo.eval.cli",
     "metapo.report.cli",
     "metapo.judges.cli",

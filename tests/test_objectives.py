@@ -621,6 +621,8 @@ def _inputs_for(name: str) -> tuple[dict[str, torch.Tensor], list[tuple[str, flo
             value = torch.randn(B, len(hp["weights"]) - 1, generator=g)
         elif arg.endswith("_token_kl"):
             value = -0.1 * torch.rand(B, T, generator=g)
+        elif arg == "pair_smoothing":
+            value = torch.full((B,), 0.1)
         elif arg == "variants_degree_logits":
             value = torch.randn(B, hp["max_removed"] + 1, hp["max_removed"] + 1, generator=g)
         else:
@@ -659,7 +661,7 @@ def test_gradient_signs(name):
 def test_registry_metadata_complete():
     expected = {
         "dpo", "ipo", "cdpo", "hinge", "robust_dpo", "ld_dpo", "rpo", "simpo", "triple_po", "modpo",
-        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po",
+        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "upo",
     }  # fmt: skip
     assert set(REGISTRY) == expected
     for spec in REGISTRY.values():

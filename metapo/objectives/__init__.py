@@ -32,6 +32,7 @@ from .pairwise import (
     rpo,
     simpo,
     triple_po,
+    upo,
     vpo,
 )
 from .registry import REGISTRY, ObjectiveSpec, get_objective, list_objectives
@@ -74,5 +75,6 @@ __all__ = [
     "token_kl",
     "tree_po",
     "triple_po",
+    "upo",
     "vpo",
 ]

@@ -183,9 +183,12 @@ def sequence_logps(
     return total
 
 
-def sigmoid_loss(logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """``−(1−ε)·log σ(z) − ε·log σ(−z)``: the Bradley–Terry loss, conservative when ``ε > 0``."""
+def sigmoid_loss(logits: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
+    """``−(1−ε)·log σ(z) − ε·log σ(−z)``: the Bradley–Terry loss, conservative when ``ε > 0``.
+
+    ``label_smoothing`` is one ε for the batch or a tensor of per-example values shaped like ``logits``.
+    """
     loss = -F.logsigmoid(logits)
-    if label_smoothing:
+    if isinstance(label_smoothing, Tensor) or label_smoothing:
         loss = (1.0 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-logits)
     return loss

@@ -76,6 +76,7 @@ def cdpo(
     policy_rejected_logps: Tensor,
     reference_chosen_logps: Tensor,
     reference_rejected_logps: Tensor,
+    pair_smoothing: Tensor | None = None,
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.1,
@@ -83,7 +84,10 @@ def cdpo(
     """Conservative DPO (label smoothing): ``−(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)``.
 
     The labels are trusted with probability ``1−ε``. Unlike :func:`robust_dpo` the loss is biased (it is the
-    expected loss under flipped labels, not its de-biased inverse) and never drives Δ to infinity.
+    expected loss under flipped labels, not its de-biased inverse) and never drives Δ to infinity. A
+    ``pair_smoothing`` column gives every pair its own ε (MCTS-DPO's confidence from visit counts, see
+    :func:`metapo.prefdata.mcts.visit_smoothing`) and then replaces ``label_smoothing``; ε = ½ makes a pair's
+    gradient vanish at Δ = 0.
 
     Source: E. Mitchell, "A note on DPO with noisy preferences & relationship to IPO" (2023, no arXiv id); the same
     form is TRL's CPO/TPO ``sigmoid`` loss with ``label_smoothing``. TRL 1.16's ``DPOTrainer`` no longer applies
@@ -95,6 +99,8 @@ def cdpo(
         reference_chosen_logps: ``ℓref(y_w)``, shape ``(B,)``.
         reference_rejected_logps: ``ℓref(y_l)``, shape ``(B,)``.
         beta: KL strength β.
+        pair_smoothing: Optional per-pair ε in ``[0, 0.5]``, shape ``(B,)``.
+        beta: KL strength β.
         label_smoothing: Assumed label-flip probability ε in ``[0, 0.5)``.
 
     Returns:
@@ -105,7 +111,68 @@ def cdpo(
     chosen, rejected, delta = _margin(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
     )
-    return make_output(sigmoid_loss(beta * delta, label_smoothing), beta * chosen, beta * rejected)
+    eps = label_smoothing if pair_smoothing is None else _checked_smoothing(pair_smoothing, delta)
+    return make_output(sigmoid_loss(beta * delta, eps), beta * chosen, beta * rejected)
+
+
+def _checked_smoothing(pair_smoothing: Tensor, like: Tensor) -> Tensor:
+    eps = pair_smoothing.to(like.dtype)
+    if bool(((eps < 0.0) | (eps > 0.5)).any()):
+        raise ValueError(f"pair_smoothing values must lie in [0, 0.5], got {eps.tolist()}")
+    return eps
+
+
+def upo(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    pair_smoothing: Tensor | None = None,
+    *,
+    beta: float = 0.1,
+    nll_weight: float = 0.0,
+) -> ObjectiveOutput:
+    """UPO: DPO against the previous iterate with a per-pair flip weight αⱼ, plus an NLL term on ``y_w``.
+
+    ``L = −mean[(1−αⱼ)·log σ(βh) + αⱼ·log σ(−βh)] − λ·mean[ℓθ(y_w)/|y_w|]``, where h is the DPO margin whose reference is
+    the previous iterate π⁽ⁱ⁻¹⁾ (in a :mod:`metapo.prefdata.loop` round the trainer's reference is the round's
+    starting policy, which is exactly that iterate). αⱼ comes from the pair's BALD uncertainty
+    (:func:`metapo.prefdata.upo.flip_weights`) through the ``pair_smoothing`` column; without the column αⱼ = 0.
+    With αⱼ = 0 and λ = 0 this is DPO; αⱼ = ½ gives a zero gradient at h = 0.
+
+    Source: Wang et al., "Self-Evolutionary Large Language Models through Uncertainty-Enhanced Preference
+    Optimization", arXiv 2409.11212. Confidence: [V-paper] for the loss shape. Two choices are metapo's: the paper
+    divides the NLL by a quantity printed as ``|r_φ(x, y_w)|`` (ambiguous); here it is the response length, so the
+    term is a per-token NLL. And the paper's ``αⱼ = 1/(Pⱼ + 1)`` is at least ½ for every pair, which would flip
+    most labels, so the builder maps BALD to αⱼ ∈ [0, ½] instead (see ``flip_weights``). The paper's λ is not
+    reproduced here; the default 0 leaves the NLL term out.
+
+    Args:
+        policy_chosen_logps: ``ℓθ(y_w)``, shape ``(B,)``.
+        policy_rejected_logps: ``ℓθ(y_l)``, shape ``(B,)``.
+        reference_chosen_logps: ``ℓ_{π⁽ⁱ⁻¹⁾}(y_w)``, shape ``(B,)``.
+        reference_rejected_logps: ``ℓ_{π⁽ⁱ⁻¹⁾}(y_l)``, shape ``(B,)``.
+        chosen_lengths: ``|y_w|`` in tokens, shape ``(B,)``.
+        pair_smoothing: Per-pair αⱼ in ``[0, 0.5]``, shape ``(B,)``, or ``None`` (all 0).
+        beta: KL strength β.
+        nll_weight: Weight λ of the NLL term.
+
+    Returns:
+        Loss and implicit rewards ``β·ρ``.
+    """
+    chosen, rejected, delta = _margin(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps
+    )
+    eps = 0.0 if pair_smoothing is None else _checked_smoothing(pair_smoothing, delta)
+    nll = -(policy_chosen_logps / chosen_lengths.clamp(min=1).to(policy_chosen_logps.dtype)).mean()
+    return make_output(
+        sigmoid_loss(beta * delta, eps),
+        beta * chosen,
+        beta * rejected,
+        extra_loss=nll_weight * nll if nll_weight else None,
+        metrics={"nll": nll},
+    )
 
 
 def robust_dpo(

@@ -31,6 +31,7 @@ from .pairwise import (
     rpo,
     simpo,
     triple_po,
+    upo,
     vpo,
 )
 from .selfsup import DegreeClassifier, spo_selfsup
@@ -171,7 +172,8 @@ _SPECS = (
         "V-TRL",
         "pair",
         True,
-        "label-smoothed DPO: −(1−ε)log σ(βΔ) − ε log σ(−βΔ)",
+        "label-smoothed DPO: −(1−ε)log σ(βΔ) − ε log σ(−βΔ); per-pair ε from a pair_smoothing column",
+        columns=("pair_smoothing",),
         trl='experimental CPOConfig(loss_type="sigmoid", label_smoothing=ε) on log-ratios',
     ),
     ObjectiveSpec(
@@ -299,6 +301,17 @@ _SPECS = (
         "IPO on prompts carrying N few-shot user preferences",
         columns=("user_context", "user"),
         trl='DPOConfig(loss_type=["ipo"]) on the few-shot prompts',
+    ),
+    ObjectiveSpec(
+        "upo",
+        upo,
+        "Self-Evolutionary Large Language Models through Uncertainty-Enhanced Preference Optimization",
+        "2409.11212",
+        "V-paper",
+        "pair",
+        True,
+        "DPO vs the previous iterate with per-pair flip weight α (pair_smoothing column) + λ·NLL(y_w)",
+        columns=("pair_smoothing",),
     ),
     ObjectiveSpec(
         "spo_selfsup",

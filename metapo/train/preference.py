@@ -11,8 +11,11 @@ Data: rows with ``prompt``, ``chosen``, ``rejected`` (strings or chat messages),
 ``responses`` and optional ``scores``; pairwise objectives take the best and worst of a list, listwise objectives
 take a pair as a list of two. Extra columns are read when the objective uses them: ``rationale`` (RDPO), ``gold`` or
 ``reference`` (Triple PO), ``aux_margins`` or ``aux_rewards_chosen``/``aux_rewards_rejected`` (MODPO),
-``calibration`` (VPO), ``user_context`` or ``user`` (FSPO), ``degree_variants`` (SPO), and TRL-style precomputed
-``ref_chosen_logps``/``ref_rejected_logps``.
+``calibration`` (VPO), ``user_context`` or ``user`` (FSPO), ``degree_variants`` (SPO), ``pair_smoothing`` (per-pair
+label smoothing: cDPO, UPO, MCTS-DPO), and TRL-style precomputed ``ref_chosen_logps``/``ref_rejected_logps``. Two
+columns change how a pair is encoded: ``rejected_prompt`` conditions the rejected response on its own prompt (MAPL's
+prompt-side pairs compare ``π(y | x⁺)`` with ``π(y | x⁻)``), and ``partial: true`` marks completions that are not
+finished responses (MCTS-DPO's reasoning steps), so no end-of-sequence token is appended to them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ PAIR_SLOTS = ("chosen", "rejected", "gold", "rationale", "calibration", "online"
 LIST_SLOTS = ("list", "variants")
 _ARG = re.compile(r"^(policy|reference)_([a-z]+)_(logps|token_logps|hidden_states)$")
 _HEAD_ATTR = "preference_head"
+# Per-example numbers the collator stacks into ``(B,)`` tensors when every example of a batch has them.
+EXAMPLE_SCALARS = ("ref_chosen_logps", "ref_rejected_logps", "pair_smoothing")
 
 
 @dataclass
@@ -177,19 +182,21 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list, **kwargs: Any)
 
 
 def encode_pair_prompt(
-    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: Sequence[Any]
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completions: Sequence[Any], *, add_eos: bool = True
 ) -> tuple[list[int], list[list[int]]]:
     """Tokenise one prompt with several completions; return the shared prompt ids and each completion's ids.
 
     The completion starts where the tokenised prompt and the tokenised prompt + completion first differ (chat
     templates and BPE merges can change the last prompt tokens), using the smallest such point over all
-    completions so that every sequence shares the same prompt. Plain-text completions get the EOS token appended;
-    chat completions end with the template's end-of-turn token.
+    completions so that every sequence shares the same prompt. Plain-text completions get the EOS token appended
+    (unless ``add_eos`` is false: partial completions such as one reasoning step); chat completions end with the
+    template's end-of-turn token.
 
     Args:
         tokenizer: The tokenizer.
         prompt: A string or a list of chat messages.
         completions: Strings, or lists of assistant messages for chat prompts.
+        add_eos: Append EOS to plain-text completions that do not already end with it.
 
     Returns:
         ``(prompt_ids, [completion_ids, ...])``.
@@ -205,7 +212,7 @@ def encode_pair_prompt(
     else:
         # Special tokens as the tokenizer adds them (BOS for Llama-style tokenizers), as TRL does.
         prompt_ids = tokenizer(prompt)["input_ids"]
-        eos = tokenizer.eos_token or ""
+        eos = (tokenizer.eos_token or "") if add_eos else ""
         fulls = []
         for completion in completions:
             text = _text(completion)
@@ -361,6 +368,13 @@ def prepare_dataset(
         raise ValueError(f"objective {spec.name!r} needs column(s) {missing}")
     if plan.kind == "pair":
         rows = [_canonical_pair(r) for r in rows]
+    for key in EXAMPLE_SCALARS:
+        present = [r.get(key) is not None for r in rows]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"column {key!r} is set in some rows but not in row {present.index(False)}: set it in all"
+            )
+    own_rejected_prompt = plan.kind == "pair" and any(r.get("rejected_prompt") is not None for r in rows)
     contexts: list[list[dict[str, Any]]] | None = None
     if spec.name == "fspo":
         if rows[0].get("user_context") is not None:
@@ -401,8 +415,18 @@ def prepare_dataset(
                 variants = row.get("degree_variants") or make_degree_variants(
                     _text(row["chosen"]), max_removed=int(hp["max_removed"])
                 )
+            add_eos = not row.get("partial")
+            if own_rejected_prompt:
+                rejected_prompt = row.get("rejected_prompt")
+                rejected_prompt = prompt if rejected_prompt is None else rejected_prompt
+                r_prompt_ids, (r_ids,) = encode_pair_prompt(
+                    tokenizer, rejected_prompt, [completions.pop("rejected")], add_eos=add_eos
+                )
+                item["rejected_prompt_ids"], item["rejected_ids"] = r_prompt_ids, r_ids
             names = list(completions)
-            prompt_ids, ids = encode_pair_prompt(tokenizer, prompt, [*completions.values(), *variants])
+            prompt_ids, ids = encode_pair_prompt(
+                tokenizer, prompt, [*completions.values(), *variants], add_eos=add_eos
+            )
             item["prompt_ids"] = prompt_ids
             for name, completion_ids in zip(names, ids, strict=False):
                 item[f"{name}_ids"] = completion_ids
@@ -433,10 +457,11 @@ def prepare_dataset(
                 item["aux_margins"] = [
                     float(m) for m in (margins if isinstance(margins, list) else [margins])
                 ]
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        for key in EXAMPLE_SCALARS:
             if row.get(key) is not None:
                 item[key] = float(row[key])
-        if args.max_length is not None and len(item["prompt_ids"]) >= args.max_length:
+        longest_prompt = max(len(item["prompt_ids"]), len(item.get("rejected_prompt_ids") or ()))
+        if args.max_length is not None and longest_prompt >= args.max_length:
             continue  # nothing of the response would survive truncation
         out.append(item)
     dropped = len(rows) - len(out)
@@ -487,8 +512,8 @@ class PreferenceCollator:
                 for j in range(n):
                     rows.append((ex["prompt_ids"], items[j] if j < len(items) else []))
             return rows, n
-        key = "rationale_prompt_ids" if slot == "rationale" else "prompt_ids"
-        return [(ex[key], ex[f"{slot}_ids"]) for ex in examples], 1
+        # A slot with its own prompt (RDPO's rationale, MAPL's rejected x⁻) reads it from "{slot}_prompt_ids".
+        return [(ex.get(f"{slot}_prompt_ids") or ex["prompt_ids"], ex[f"{slot}_ids"]) for ex in examples], 1
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         sequences: list[tuple[list[int], list[int]]] = []
@@ -547,8 +572,8 @@ class PreferenceCollator:
             batch["ref_token_logps"] = ref
         if "aux_margins" in examples[0]:
             batch["aux_margins"] = torch.tensor([ex["aux_margins"] for ex in examples])
-        for key in ("ref_chosen_logps", "ref_rejected_logps"):
-            if all(key in ex for ex in examples):
+        for key in EXAMPLE_SCALARS:
+            if all(ex.get(key) is not None for ex in examples):
                 batch[key] = torch.tensor([ex[key] for ex in examples])
         if self.with_prompts:
             prompts = [ex["prompt_ids"] for ex in examples]
