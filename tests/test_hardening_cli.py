@@ -67,6 +67,7 @@ CASES: dict[str, tuple[str, str]] = {
     "rubric-show-missing-run": ("rubric show {missing}", "run directory {missing} does not exist"),
     "rubric-show-file-as-run": ("rubric show {text}", "run directory {text} is a file"),
     "rubric-show-not-a-run": ("rubric show {dir}", "has no rubric history"),
+    "rubric-show-corrupt-version": ("rubric show {broken_run}", "v0001.json is not a readable rubric version"),
     "rubric-diff-unknown-version": ("rubric diff {run} 0 99", "has no version 99"),
     "rubric-diff-unknown-lineage": ("rubric diff {run} --lineage nope", "no rubric lineage 'nope'"),
     "rubric-validate-dir": ("rubric validate {dir}", "rubric file {dir} is a directory"),
@@ -129,7 +130,11 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     generations = tmp_path / "gen.jsonl"
     generations.write_text('{"id": "1", "row": 0, "model": "m", "response": "hi"}\n')
     (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken"
+    RubricStore(broken / "rubrics").add(Rubric.single("Quality", "How good it is."))
+    (broken / "rubrics" / "default" / "v0001.json").write_text('{"version": 1, "lineage": "default", "rub')
     return {
+        "broken_run": str(broken),
         "dir": str(tmp_path / "empty"),
         "binary": str(binary),
         "text": str(text),
