@@ -55,24 +55,6 @@ def scrub(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
-def scrub_value(value: Any) -> Any:
-    """:func:`scrub` applied to every string inside a JSON-like value (dicts, lists and their keys)."""
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {scrub_value(k): scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(scrub_value(v) for v in value)
-    return value
-
-
-def linear_pattern(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """Compile ``pattern`` after :func:`check_linear` has accepted it."""
-    compiled = re.compile(pattern, flags)
-    check_linear(compiled)
-    return compiled
-
-
 def check_linear(pattern: str | re.Pattern[str], flags: int = 0) -> None:
     """Raise :class:`UnsafePatternError` unless ``pattern`` runs in linear time (rules in the module docstring).
 

@@ -407,3 +407,23 @@ def test_hostile_completions_of_100k_characters_are_still_handled_correctly() ->
     (gate,) = [g for g in get_task("ethics").gates() if g.name == "too_short"]
     fired = gate(Candidate("q", "<verdict>RIGHT</verdict> " * (N // 25) + "one", {}, True))
     assert fired is not None and fired.reason.startswith("1 words")
+
+
+def test_lone_surrogates_in_a_dataset_never_reach_the_policy_tokenizer(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from metapo.tasks import get_task
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        json.dumps({"prompt": "Rain \ud800 falls."}) + "\n" + json.dumps({"prompt": "The sea."}) + "\n"
+    )
+    dataset = get_task("essay").load(str(data))
+    assert dataset["task_input"] == ["Rain \ufffd falls.", "The sea."]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(TypeError):  # what an unscrubbed prompt would do to the first generation
+        tokenizer("Rain \ud800 falls.")
+    for prompt in dataset["prompt"]:
+        assert tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True)
