@@ -61,13 +61,21 @@ CASES: dict[str, tuple[str, str]] = {
         "train-pref model_name_or_path=tiny dataset_name={missing}.jsonl",
         "does not exist",
     ),
+    # build-pref
+    "build-pref-config-is-dir": ("build-pref rso --config {dir}", "config file {dir} is a directory"),
+    "build-pref-alias-bomb": ("build-pref rso --config {bomb}", "aliases expand to more than"),
+    "build-pref-bad-option": ("build-pref rso options.beta=abc", "options.beta='abc' is not valid"),
+    "build-pref-no-method": ("build-pref", "the following arguments are required: METHOD"),
     # rubric
     "rubric-show-unknown-version": ("rubric show {run} --version 99", "has no version 99; available: [0, 1]"),
     "rubric-show-unknown-lineage": ("rubric show {run} --lineage nope", "no rubric lineage 'nope'"),
     "rubric-show-missing-run": ("rubric show {missing}", "run directory {missing} does not exist"),
     "rubric-show-file-as-run": ("rubric show {text}", "run directory {text} is a file"),
     "rubric-show-not-a-run": ("rubric show {dir}", "has no rubric history"),
-    "rubric-show-corrupt-version": ("rubric show {broken_run}", "v0001.json is not a readable rubric version"),
+    "rubric-show-corrupt-version": (
+        "rubric show {broken_run}",
+        "v0001.json is not a readable rubric version",
+    ),
     "rubric-diff-unknown-version": ("rubric diff {run} 0 99", "has no version 99"),
     "rubric-diff-unknown-lineage": ("rubric diff {run} --lineage nope", "no rubric lineage 'nope'"),
     "rubric-validate-dir": ("rubric validate {dir}", "rubric file {dir} is a directory"),
@@ -130,10 +138,18 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     generations = tmp_path / "gen.jsonl"
     generations.write_text('{"id": "1", "row": 0, "model": "m", "response": "hi"}\n')
     (tmp_path / "empty").mkdir()
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+    )
     broken = tmp_path / "broken"
     RubricStore(broken / "rubrics").add(Rubric.single("Quality", "How good it is."))
     (broken / "rubrics" / "default" / "v0001.json").write_text('{"version": 1, "lineage": "default", "rub')
     return {
+        "bomb": str(bomb),
         "broken_run": str(broken),
         "dir": str(tmp_path / "empty"),
         "binary": str(binary),
