@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import TrainerCallback
 
 from metapo.files import read_jsonl
 from metapo.judges import JudgeConfig, build_judge
@@ -35,10 +36,12 @@ def _trainer(tiny_model_dir: Path, tmp_path: Path, reward: RubricReward, control
     return tiny_grpo_trainer(tiny_model_dir, tmp_path, reward, [controller], max_steps=max_steps)
 
 
-def _wire(tmp_path: Path, judge: ScriptedJudge, meta: ScriptedJudge, mpo: MetaConfig):
+def _wire(tmp_path: Path, judge: ScriptedJudge, meta: ScriptedJudge, mpo: MetaConfig, meta_timeout_s: float = 5):
     store = RubricStore(tmp_path / "rubrics")
     active = ActiveRubrics(store, Rubric.single("Quality", "Overall quality of the answer.", 0, 9))
-    meta_client = _client(meta)
+    meta_client = build_judge(
+        JudgeConfig(backend="openai", model="scripted", base_urls=[meta.url], timeout_s=meta_timeout_s, max_attempts=2)
+    )
     reward_client = _client(judge, max_concurrency=8)
     meta_judge = MetaJudge(meta_client, mpo, task_description="Answer the prompt well.")
     judges = {"judge/": reward_client, "meta_judge/": meta_client}
@@ -99,21 +102,31 @@ def test_meta_steps_fire_and_change_the_rubric(tiny_model_dir: Path, tmp_path: P
 
 @pytest.mark.slow
 def test_training_continues_while_a_slow_meta_step_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with ScriptedJudge() as judge, ScriptedJudge(latency_s=1.5) as meta:
-        mpo = MetaConfig(interval=1, samples=2, blocking=False)
-        store, active, controller, reward = _wire(tmp_path, judge, meta, mpo)
-        trainer = _trainer(tiny_model_dir, tmp_path, reward, controller, max_steps=6)
-        started = time.perf_counter()
-        trainer.train()
-        elapsed = time.perf_counter() - started
+    # The meta judge answers nothing until training has reached step 4: a run that waited for the meta step
+    # would never get there (the judge gives up after 120 s and the assertions below fail).
+    release = threading.Event()
 
-    # Each meta step needs >= 3 sequential meta calls of 1.5 s; steps kept completing meanwhile.
-    assert controller.steps_during_meta >= 2
+    def held(body: dict[str, Any]) -> Any:
+        release.wait(timeout=120)
+        return default_answer(body)
+
+    class ReleaseAtStep4(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step >= 4:
+                release.set()
+
+    with ScriptedJudge() as judge, ScriptedJudge(handler=held) as meta:
+        mpo = MetaConfig(interval=1, samples=2, blocking=False)
+        store, active, controller, reward = _wire(tmp_path, judge, meta, mpo, meta_timeout_s=300)
+        trainer = tiny_grpo_trainer(tiny_model_dir, tmp_path, reward, [controller, ReleaseAtStep4()], max_steps=6)
+        trainer.train()
+
+    # The first meta step started at step 1 and was held until step 4: steps 2-4 completed meanwhile.
+    assert controller.steps_during_meta >= 3
     assert controller.meta_steps >= 1 and controller.accepted >= 1
     # Triggers that arrived while a job ran were folded, not queued: fewer meta steps than triggers.
     assert controller.meta_steps < 6
     assert len(store.history()) == 1 + controller.accepted
-    assert elapsed < 6 * 4.5 + 10  # never serialised behind the meta judge
 
 
 @pytest.mark.slow

@@ -34,31 +34,37 @@ def tiny_grpo_trainer(
     completion_tokens: int = 12,
     learning_rate: float = 1e-4,
     dataset: Any = None,
+    trainer_cls: type | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
     **config: Any,
 ) -> Any:
-    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar (``config``: more GRPOConfig)."""
+    """GRPOTrainer on CPU with no checkpoints, no trackers and no progress bar (``config``: more GRPOConfig).
+
+    ``reward`` is one reward function or a list; ``trainer_cls`` (a GRPOTrainer subclass) gets ``trainer_kwargs``.
+    """
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=batch,
-        num_generations=generations,
-        max_completion_length=completion_tokens,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-        **config,
-    )
-    return GRPOTrainer(
+    settings: dict[str, Any] = {
+        "output_dir": str(out / "checkpoints"),
+        "per_device_train_batch_size": batch,
+        "num_generations": generations,
+        "max_completion_length": completion_tokens,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "bf16": False,
+        "seed": 0,
+        "disable_tqdm": True,
+    }
+    args = GRPOConfig(**(settings | config))  # config may override the defaults (e.g. save_strategy)
+    return (trainer_cls or GRPOTrainer)(
         model=str(policy),
-        reward_funcs=[reward],
+        reward_funcs=reward if isinstance(reward, list) else [reward],
         args=args,
         train_dataset=dataset if dataset is not None else prompt_dataset(max(16, max_steps * batch)),
         callbacks=callbacks,
+        **(trainer_kwargs or {}),
     )

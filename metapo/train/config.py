@@ -8,6 +8,7 @@ from typing import Any
 from metapo.judges import JudgeConfig
 from metapo.meta.meta_judge import MetaConfig
 from metapo.reward.rubric_reward import RubricRewardConfig
+from metapo.reward.rules.config import RuleSettings
 
 
 @dataclass
@@ -71,10 +72,16 @@ class RunConfig:
         default=None, metadata={"help": "Train a LoRA adapter instead of all weights."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for data order, sampling and meta-step selection."})
+    rules: RuleSettings | None = field(
+        default=None,
+        metadata={"help": "A GRPO reward/advantage rule (length shaping, multi-objective); grpo only."},
+    )
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("grpo", "rloo"):
             raise ValueError(f"algorithm={self.algorithm!r}; choose grpo or rloo")
+        if self.rules is not None and self.algorithm != "grpo":
+            raise ValueError(f"rules need algorithm=grpo (got {self.algorithm})")
         for key in ("output_dir", "model", "seed"):
             if key in self.training:
                 raise ValueError(

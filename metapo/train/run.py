@@ -18,6 +18,7 @@ from metapo.judges import build_judge
 from metapo.meta.controller import MetaPolicyOptimizationCallback
 from metapo.meta.meta_judge import MetaJudge
 from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward, any_process
+from metapo.reward.rules.config import build_rule, training_defaults
 from metapo.rubric.active import ActiveRubrics
 from metapo.rubric.diff import diff
 from metapo.rubric.model import Rubric, RubricError
@@ -109,6 +110,23 @@ def _eos_ids(tokenizer: Any, model_path: str) -> list[int]:
     return sorted(ids)
 
 
+def _rule_trainer() -> type:
+    from metapo.reward.rules.trainer import RuleGRPOTrainer
+
+    return RuleGRPOTrainer
+
+
+def _answer_check(task: Any) -> Any:
+    """The task's answer checker for the rules' ``answer`` reward, or ``None`` for tasks without gold answers."""
+    if task.name != "math":
+        return None
+    from functools import partial
+
+    from metapo.tasks.math_answers import check_response
+
+    return partial(check_response, which=task.answer_extraction)
+
+
 def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     """Assemble task data, judges, rubric store, reward, callback and the TRL trainer."""
     import torch
@@ -195,8 +213,22 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         "bf16": False,
         "model_init_kwargs": {"dtype": "float32"} if cpu else {},
     }
+    if cfg.rules is not None:
+        args.update(training_defaults(cfg.rules))
     args.update(cfg.training)
     args.update(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed)
+    trainer_args = config_cls(**args)
+    reward_funcs: list[Any] = [reward]
+    rule_kwargs: dict[str, Any] = {}
+    if cfg.rules is not None:
+        reward_funcs[0], rule_kwargs = build_rule(
+            cfg.rules,
+            rubric=reward,
+            check=_answer_check(task),
+            num_generations=trainer_args.num_generations,
+            eos_token_ids=_eos_ids(tokenizer, model_path),
+        )
+        trainer_cls = _rule_trainer()
     peft_config = None
     if cfg.lora is not None:
         from peft import LoraConfig
@@ -210,12 +242,13 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         )
     trainer = trainer_cls(
         model=model_path,
-        reward_funcs=[reward],
-        args=config_cls(**args),
+        reward_funcs=reward_funcs,
+        args=trainer_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[controller],
         peft_config=peft_config,
+        **rule_kwargs,
     )
     return BuiltRun(trainer, controller, reward, store, run_dir, task)
 
