@@ -440,4 +440,3 @@ def _scrubbed(value: Any) -> Any:
     if isinstance(value, list):
         return [_scrubbed(item) for item in value]
     return value
-
