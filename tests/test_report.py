@@ -296,7 +296,10 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "## Rubric evolution" in out and (tmp_path / "report.html").exists()
     # Bad input raises an error naming the culprit; metapo.cli.main turns it into one line and exit code 2.
     assert main(["report", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err == f"error: run directory {tmp_path / 'missing'} does not exist; check the path\n"
+    assert (
+        capsys.readouterr().err
+        == f"error: run directory {tmp_path / 'missing'} does not exist; check the path\n"
+    )
 
 
 @pytest.mark.slow
