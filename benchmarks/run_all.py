@@ -21,7 +21,14 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
-BENCHMARKS = ("judge_throughput", "meta_step_cost", "overhead_vs_trl", "score_cache", "embedded_demo")
+BENCHMARKS = (
+    "judge_throughput",
+    "meta_step_cost",
+    "overhead_vs_trl",
+    "score_cache",
+    "embedded_demo",
+    "adversarial_text",
+)
 
 
 def _summary(name: str) -> str:
@@ -53,6 +60,12 @@ def _summary(name: str) -> str:
         return (
             f"score cache speed-up {data['speedup_median']:.1f}x, all hits {data['all_hits']} (target >= 50x: "
             f"{'met' if data['target_met'] else 'NOT met'})"
+        )
+    if name == "adversarial_text":
+        worst = max(stage["growth"] for stage in data["stages"])
+        return (
+            f"adversarial text: worst time growth per doubling of the input {worst:.2f} over "
+            f"{len(data['stages'])} stages (linear ~2, quadratic ~4)"
         )
     result = data["result"]
     return (

@@ -55,6 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:  # the last line of defence: one line on stderr, never a traceback
+        logging.getLogger("metapo").debug("traceback of the error below", exc_info=True)
+        message, code = error_line(exc)
+        sys.stderr.write(f"error: {message}\n")
+        return code
+
+
+def error_line(exc: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception that reached the command line.
+
+    Bad input (``ValueError``, ``OSError``, ``LookupError`` and their subclasses, which every check of
+    user input raises) exits with 2; anything else is a bug or an outside failure and exits with 1, with a
+    hint where the traceback is.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])  # str(KeyError) would quote the message
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    if isinstance(exc, ValueError | OSError | LookupError):
+        return text, 2
+    return f"{type(exc).__name__}: {text} (run with --log-level DEBUG to see the traceback)", 1
 
 
 if __name__ == "__main__":

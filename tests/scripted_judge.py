@@ -45,7 +45,7 @@ from typing import Any
 
 Fault = str | None
 FaultSchedule = list[Fault] | Callable[[int, dict[str, Any]], Fault] | None
-Handler = Callable[[dict[str, Any]], "str | dict[str, Any]"]
+Handler = Callable[[dict[str, Any]], "str | dict[str, Any] | tuple[int, bytes]"]
 
 FAULTS = ("500", "503", "429", "400", "hang", "close", "garbage", "irrelevant", "nologprobs")
 
@@ -188,8 +188,8 @@ class ScriptedJudge:
     Args:
         latency_s: Delay before every answer (settable while running).
         faults: Fault schedule: a list indexed by request number, or ``f(index, body) -> fault``.
-        handler: Custom answers: ``handler(body)`` returns the content text (str) or a full response
-            dict. Faults still apply first.
+        handler: Custom answers: ``handler(body)`` returns the content text (str), a full response
+            dict, or ``(status, raw body bytes)`` sent as is. Faults still apply first.
         hang_s: How long a ``"hang"`` fault keeps the request open.
 
     Attributes:
@@ -332,6 +332,9 @@ class ScriptedJudge:
                     return
                 if judge.handler is not None:
                     answer = judge.handler(body)
+                    if isinstance(answer, tuple):  # (status, raw bytes): anything a broken server could send
+                        self._raw(answer[0], answer[1], "application/json")
+                        return
                     response = chat_response(answer) if isinstance(answer, str) else answer
                 else:
                     response = default_answer(body)

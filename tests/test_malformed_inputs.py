@@ -197,7 +197,8 @@ def test_an_unparsable_initial_rubric_stops_the_run(
     config = _config(tmp_path, model=str(tiny_model_dir), initial_rubric=str(path), limit=4)
     code, err = _train(capsys, "--config", str(config))
     assert code == 2 and "has no score range" in err
-    code, err = _train(capsys, "--config", str(config), "--resume", "initial_rubric=no-such-rubric")
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing behind: no --resume needed
+    code, err = _train(capsys, "--config", str(config), "initial_rubric=no-such-rubric")
     assert code == 2 and "neither a file nor a baseline" in err and "expert" in err
 
 

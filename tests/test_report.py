@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metapo.cli import main
 from metapo.eval.cli import run_eval
 from metapo.eval.tournament import TournamentConfig
 from metapo.files import atomic_write_json
@@ -293,8 +294,12 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "## Rubric evolution" in out and (tmp_path / "report.html").exists()
-    args = parser.parse_args(["report", str(tmp_path / "missing")])
-    assert args.handler(args) == 2
+    # Bad input raises an error naming the culprit; metapo.cli.main turns it into one line and exit code 2.
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: run directory {tmp_path / 'missing'} does not exist; check the path\n"
+    )
 
 
 @pytest.mark.slow

@@ -119,6 +119,7 @@ def register(subparsers: Any) -> None:
 # ----- generate ----------------------------------------------------------------------------------------------
 def _generate(args: argparse.Namespace) -> int:
     from metapo.eval.generate import STYLE_SUFFIXES, generate, resolve_model
+    from metapo.files import check_output_file
 
     out = args.out
     if out is None:
@@ -128,6 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
         else:
             name = args.name or resolve_model(args.model)[1]
             out = Path(f"generations-{name}-{args.task}-{args.split}.jsonl")
+    check_output_file(out, "--out")
     summary = generate(
         args.model,
         args.task,
@@ -366,14 +368,22 @@ def _named_files(specs: Any) -> dict[str, Path]:
     for spec in specs or ():
         name, sep, path = str(spec).partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--lc-gamed takes NAME=FILE pairs, got {spec!r}")
+            raise ValueError(f"--lc-gamed takes NAME=FILE pairs, got {spec!r}")
         out[name] = Path(path)
     return out
 
 
 def _eval(args: argparse.Namespace) -> int:
     from metapo.eval.tournament import TournamentConfig
+    from metapo.files import check_output_file, require_file
 
+    # Every input and the output are checked before hours of judging, not after.
+    for path in args.generations:
+        require_file(path, "generations file")
+    gamed_files = _named_files(args.lc_gamed)
+    for path in gamed_files.values():
+        require_file(path, "--lc-gamed file")
+    out = check_output_file(args.out or args.generations[0].parent / f"eval-{args.task}.json", "--out")
     judge_config = load_judge_config(args.judge_config) if args.judge_config else None
     baseline = None
     if not args.no_lc and len(args.generations) >= 2:
@@ -396,9 +406,8 @@ def _eval(args: argparse.Namespace) -> int:
         tournament=tournament,
         protocol=args.protocol,
         mode=args.mode,
-        gamed_files=_named_files(args.lc_gamed),
+        gamed_files=gamed_files,
     )
-    out = args.out or args.generations[0].parent / f"eval-{args.task}.json"
     from metapo.files import atomic_write_json
 
     atomic_write_json(out, result)

@@ -85,7 +85,9 @@ def resolve_model(model_path_or_run: str | Path) -> tuple[str, str]:
         from metapo.models.embedded import resolve_policy
 
         return str(resolve_policy(str(model_path_or_run))), str(model_path_or_run).split(":", 1)[1]
-    path = Path(model_path_or_run).expanduser()
+    from metapo.files import check_model_spec
+
+    path = Path(check_model_spec(str(model_path_or_run), "--model")).expanduser()
     if not path.exists():
         return str(model_path_or_run), str(model_path_or_run).rstrip("/").split("/")[-1]
     if _is_model_dir(path):
@@ -154,17 +156,12 @@ def repair_jsonl_tail(path: Path) -> int:
 
 def done_rows(path: Path) -> dict[int, str]:
     """Row index to id for every complete record already in ``path``."""
+    from metapo.files import read_jsonl
+
     out: dict[int, str] = {}
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "row" in record:
-                out[int(record["row"])] = str(record.get("id"))
+    for record in read_jsonl(path):
+        if isinstance(record.get("row"), int):
+            out[record["row"]] = str(record.get("id"))
     return out
 
 
@@ -438,9 +435,9 @@ def _rows(data: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
 
 def load_generations(path: str | Path) -> tuple[str, dict[str, dict[str, Any]]]:
     """Read a generations file: ``(model name, {id: record})``; the first record of a repeated id wins."""
-    from metapo.files import read_jsonl
+    from metapo.files import read_jsonl, require_file
 
-    records = read_jsonl(Path(path))
+    records = read_jsonl(require_file(path, "generations file"))
     if not records:
         raise ValueError(f"{path} holds no generation records")
     name = str(records[0].get("model") or Path(path).stem)

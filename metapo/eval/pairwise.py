@@ -42,8 +42,9 @@ TASK_CRITERIA = {
 }
 GENERIC_CRITERIA = "helpfulness, correctness, clarity and how well the response does what the task asks"
 
-_WINNER_TAG = re.compile(r"<\s*winner\s*>(.*?)<\s*/\s*winner\s*>", re.IGNORECASE | re.DOTALL)
-_ANY_WINNER_OPEN = re.compile(r"<\s*winner\s*>", re.IGNORECASE)
+# Linear-time (metapo.untrusted.check_linear): a tag's content never holds "<", so runs stop at the next tag.
+_WINNER_TAG = re.compile(r"<\s*+winner\s*+>([^<]*+)<\s*+/\s*+winner\s*+>", re.IGNORECASE)
+_ANY_WINNER_OPEN = re.compile(r"<\s*+winner\s*+>", re.IGNORECASE)
 
 
 class ChatClient(Protocol):

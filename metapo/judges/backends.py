@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 import os
+import re
+import reprlib
 import threading
 import time
 import uuid
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("openai", "xllamacpp", "transformers")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 # httpcore scans every connection of a pool (with a socket check each) whenever a request starts or
 # ends, so the CPU cost per request grows with the pool's size: at 64 concurrent requests one pool cost
@@ -82,6 +86,68 @@ class Backend(Protocol):
         ...
 
 
+# A chat completion with top logprobs for a thousand tokens is about 2 MB; a server that sends more is broken.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Deeper nesting than any chat completion has; the JSON parser itself stops near 1000 levels with an error.
+MAX_RESPONSE_DEPTH = 64
+_PREVIEW = reprlib.Repr()  # a bounded preview of any response, however large or deep
+_PREVIEW.maxstring = _PREVIEW.maxother = 200
+_PREVIEW.maxlevel, _PREVIEW.maxlist, _PREVIEW.maxdict = 3, 6, 6
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` (raw or JSON-escaped) replaced by ``[REDACTED]``."""
+    if not secret:
+        return text
+    for form in {secret, json.dumps(secret)[1:-1], secret.replace("/", "\\/")}:
+        text = text.replace(form, "[REDACTED]")
+    return text
+
+
+def parse_json_response(text: str) -> Any:
+    """A server's JSON answer, with NaN, Infinity and numbers too large for a float read as ``null``.
+
+    Such values are not JSON; left in, they would poison arithmetic and could not be stored in the response
+    cache. Raises ``ValueError`` for text that is not JSON or nests deeper than :data:`MAX_RESPONSE_DEPTH`.
+    """
+
+    def finite(literal: str) -> float | None:
+        value = float(literal)
+        return value if math.isfinite(value) else None
+
+    try:
+        value = json.loads(text, parse_constant=lambda _: None, parse_float=finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    check_depth(value)
+    return value
+
+
+def check_depth(value: Any, limit: int = MAX_RESPONSE_DEPTH) -> None:
+    """Raise ``ValueError`` when containers nest deeper than ``limit`` (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                raise ValueError(f"nested deeper than {limit} levels")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+
+
+async def _read_capped(response: Any, url: str) -> bytes:
+    """The body of a streamed httpx response, refusing one over :data:`MAX_RESPONSE_BYTES`."""
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise TransientJudgeError(f"{url}: response of {declared} bytes is over {MAX_RESPONSE_BYTES}")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise TransientJudgeError(f"{url}: response is over {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def check_response(response: Any, where: str) -> dict[str, Any]:
     """Checks that a chat-completions response has a readable first choice.
 
@@ -96,7 +162,7 @@ def check_response(response: Any, where: str) -> dict[str, Any]:
         TransientJudgeError: When the shape is not that of a chat completion.
     """
     if isinstance(response, dict) and "error" in response and "choices" not in response:
-        raise TransientJudgeError(f"{where}: error in response body: {str(response['error'])[:300]}")
+        raise TransientJudgeError(f"{where}: error in response body: {_PREVIEW.repr(response['error'])}")
     try:
         choice = response["choices"][0]
         message = choice["message"]
@@ -104,7 +170,7 @@ def check_response(response: Any, where: str) -> dict[str, Any]:
             raise TypeError("message is not an object")
     except (KeyError, IndexError, TypeError) as exc:
         raise TransientJudgeError(
-            f"{where}: malformed chat completion ({exc!r}): {str(response)[:200]}"
+            f"{where}: malformed chat completion ({exc!r}): {_PREVIEW.repr(response)}"
         ) from None
     return response
 
@@ -124,6 +190,12 @@ def normalize_base_url(url: str) -> str:
     """
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # A key in the URL would be written to config.yaml and shown in error messages; it is not repeated here.
+        raise ValueError(
+            "judge base URL must not hold credentials (user:key@host); put the key in an environment variable "
+            "and name it in judge.api_key_env"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"judge base URL must look like http(s)://host[:port][/path], got {url!r}")
     return url if parts.path else url + "/v1"
@@ -240,30 +312,37 @@ class OpenAIHTTPBackend:
         return clients[turn % len(clients)]
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Posts ``body`` to ``{base_url}/chat/completions`` (see :class:`Backend`)."""
+        """Posts ``body`` to ``{base_url}/chat/completions`` (see :class:`Backend`).
+
+        The body is read up to :data:`MAX_RESPONSE_BYTES`; the API key's value is replaced by ``[REDACTED]``
+        in every error message and in the answer itself, even when the server echoes it back.
+        """
         import httpx
 
         headers = self._headers()
+        secret = headers.get("Authorization", "").removeprefix("Bearer ")
         client = await self._client()
         url = self._next_url() + "/chat/completions"
         try:
-            response = await client.post(url, json=body, headers=headers)
+            async with client.stream("POST", url, json=body, headers=headers) as response:
+                status = response.status_code
+                retry_after = response.headers.get("retry-after")
+                data = await _read_capped(response, url)
         except httpx.TimeoutException:
             raise TransientJudgeError(f"{url}: no response within {self.timeout_s:g} s") from None
         except httpx.TransportError as exc:
-            raise TransientJudgeError(f"{url}: {type(exc).__name__}: {exc}") from None
-        status = response.status_code
+            raise TransientJudgeError(redact(f"{url}: {type(exc).__name__}: {exc}", secret)) from None
+        text = redact(data.decode("utf-8", "replace"), secret)
         if status in (408, 429) or status >= 500:
             raise TransientJudgeError(
-                f"{url}: HTTP {status}: {response.text[:300]}",
-                retry_after_s=_retry_after(response.headers.get("retry-after")),
+                f"{url}: HTTP {status}: {text[:300]}", retry_after_s=_retry_after(retry_after)
             )
         if status >= 400:
-            raise JudgeError(f"{url}: HTTP {status}: {response.text[:500]}")
+            raise JudgeError(f"{url}: HTTP {status}: {text[:500]}")
         try:
-            payload = response.json()
-        except ValueError:
-            raise TransientJudgeError(f"{url}: response is not JSON: {response.text[:200]!r}") from None
+            payload = parse_json_response(text)
+        except ValueError as exc:
+            raise TransientJudgeError(f"{url}: response is not JSON ({exc}): {text[:200]!r}") from None
         return check_response(payload, url)
 
     async def aclose(self) -> None:
@@ -657,10 +736,18 @@ class JudgeConfig:
             raise ValueError(f"judge backend must be one of {BACKENDS}, got {self.backend!r}")
         if isinstance(self.base_urls, str):
             self.base_urls = [u for u in self.base_urls.split(",") if u.strip()]
+        for url in self.base_urls:
+            normalize_base_url(url)  # checked now, before a config holding it is written
         if self.max_concurrency < 1 or self.max_attempts < 1 or self.n_parallel < 1:
             raise ValueError("max_concurrency, max_attempts and n_parallel must be >= 1")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
+            # The value is not repeated: it may be the key itself, put where its variable's name belongs.
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable holding the key (letters, digits and _, "
+                "e.g. OPENAI_API_KEY), never the key itself"
+            )
         if not 0.0 < self.min_logprob_mass <= 1.0:
             raise ValueError("min_logprob_mass must be in (0, 1]")
 

@@ -94,7 +94,7 @@ class ScoreCache:
             return None
         try:
             return json.loads(row[0])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             logger.warning("ignoring unreadable cache entry %s in %s", key[:12], self.path)
             return None
 

@@ -77,5 +77,10 @@ def _serve_judge(args: argparse.Namespace) -> int:
     )
     model_id = cfg.resolved_model_id()
     backend = build_backend(cfg)
-    serve(backend, args.host, args.port, model_id=model_id)
+    try:
+        serve(backend, args.host, args.port, model_id=model_id)
+    except OSError as exc:  # the address is taken or not ours to bind
+        raise ValueError(
+            f"cannot serve on {args.host}:{args.port} ({exc.strerror or exc}); choose another --port or --host"
+        ) from None
     return 0

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from metapo.judges.backends import Backend, JudgeConfig, build_backend
+from metapo.judges.backends import Backend, JudgeConfig, build_backend, check_depth
 from metapo.judges.cache import ScoreCache
 from metapo.judges.parsing import digit_distribution, extract_json, parse_score, validate_json
 from metapo.judges.types import ChatRequest, ChatResult, JudgeError, ScoreReading, TransientJudgeError
@@ -158,6 +158,36 @@ class _Pacer:
             await asyncio.sleep(start - now)
 
 
+# What reading a malformed answer can raise (an answer nested past the parser's depth, a number too big).
+_UNREADABLE = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError)
+
+
+def finite_response(response: Any, where: str) -> dict[str, Any]:
+    """``response`` with NaN and infinite numbers replaced by ``None``, checked for depth, without recursion.
+
+    In-process backends can return such floats (a ``-inf`` log-probability); they would poison score
+    arithmetic and could not be stored in the response cache.
+
+    Raises:
+        TransientJudgeError: The response is not a mapping or nests too deeply.
+    """
+    if not isinstance(response, dict):
+        raise TransientJudgeError(f"{where}: response is a {type(response).__name__}, not a JSON object")
+    try:
+        check_depth(response)
+    except ValueError as exc:
+        raise TransientJudgeError(f"{where}: malformed response ({exc})") from None
+    stack: list[Any] = [response]
+    while stack:
+        node = stack.pop()
+        for key, value in list(node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(value, float) and not math.isfinite(value):
+                node[key] = None
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return response
+
+
 def result_from_response(
     response: Mapping[str, Any], *, latency_s: float = 0.0, attempts: int = 1, cached: bool = False
 ) -> ChatResult:
@@ -202,8 +232,8 @@ def result_from_response(
             attempts=attempts,
             cached=cached,
         )
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise TransientJudgeError(f"malformed chat completion ({exc!r})") from None
+    except _UNREADABLE as exc:
+        raise TransientJudgeError(f"malformed chat completion ({type(exc).__name__}: {exc})") from None
 
 
 class JudgeClient:
@@ -300,7 +330,7 @@ class JudgeClient:
             return
         try:
             await asyncio.to_thread(self.cache.put, self.model_id, body, response)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, TypeError, RecursionError) as exc:  # not storable: not stored
             logger.warning("judge cache write failed: %s", exc)
 
     async def _cache_delete(self, body: dict[str, Any]) -> None:
@@ -325,6 +355,7 @@ class JudgeClient:
                     f"{self.backend.name}: no answer within {self.timeout_s:g} s"
                 ) from None
             latency = time.perf_counter() - started
+        response = finite_response(response, self.backend.name)
         result = result_from_response(response, latency_s=latency, attempts=attempt)
         self._count(
             responses=1,
@@ -342,7 +373,7 @@ class JudgeClient:
             try:
                 result = result_from_response(cached, cached=True, attempts=0)
                 value = read(result)
-            except (ValueError, JudgeError) as exc:
+            except (*_UNREADABLE, JudgeError) as exc:
                 # A stored answer that no longer reads (e.g. stricter validation): ask again.
                 logger.info("ignoring unreadable cached judge answer: %s", exc)
                 await self._cache_delete(body)
@@ -364,16 +395,26 @@ class JudgeClient:
                 await asyncio.sleep(delay)
             try:
                 result, response = await self._send(body, attempt)
-                value = read(result)
             except TransientJudgeError as exc:
                 last = exc
                 continue
-            except ValueError as exc:  # the answer came back but could not be read
-                last = TransientJudgeError(f"unreadable answer: {exc}")
-                continue
-            except Exception:  # a rejected request (JudgeError) or a backend bug; cancellation is neither
+            except JudgeError:  # a rejected request
                 self._count(failures=1)
                 raise
+            except Exception as exc:  # a backend bug: a missing score, like any failure, but logged in full
+                self._count(failures=1)
+                logger.warning("judge backend %s raised unexpectedly", self.backend.name, exc_info=True)
+                raise JudgeError(
+                    f"judge {self.model_id!r}: backend error {type(exc).__name__}: {exc}"
+                ) from exc
+            try:
+                value = read(result)
+            except JudgeError:  # an answer no retry can fix (e.g. cut at its token cap)
+                self._count(failures=1)
+                raise
+            except _UNREADABLE as exc:  # the answer came back but could not be read
+                last = TransientJudgeError(f"unreadable answer: {type(exc).__name__}: {exc}")
+                continue
             await self._cache_put(body, response)
             return value, result
         self._count(failures=1)

@@ -12,19 +12,26 @@ import math
 import re
 from typing import Any
 
-_FENCED_JSON = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+# Patterns are linear-time (metapo.untrusted.check_linear): answers come from a model or a server.
 # Whole integers only: "3.5" and "v2" are not read as 3 or 2.
-_INTEGER = re.compile(r"(?<![\w.])[-+]?\d+(?!\.?\d)")
+_INTEGER = re.compile(r"(?<![\w.])[-+]?\d++(?!\.?\d)")
 # "Score: 7", "score = 7/10", "**Rating**: 7" -- the number that follows a score word wins over
 # any number mentioned earlier (e.g. "on a scale of 1 to 9 ...").
-_SCORE_AFTER_WORD = re.compile(r"(?:score|rating|grade)\W{0,6}?([-+]?\d+)", re.IGNORECASE)
+_SCORE_AFTER_WORD = re.compile(r"(?:score|rating|grade)\W{0,6}?([-+]?\d++)", re.IGNORECASE)
+# Characters that matter to the bracket scan of extract_json.
+_JSON_SYNTAX = re.compile(r'[{}\[\]"\\]')
+
+# An answer longer than this is not read at all: no judge writes a megabyte to give a score, and every
+# reader below is linear, but a broken server could still send gigabytes.
+MAX_ANSWER_CHARS = 1_000_000
 
 
 def extract_json(text: str) -> Any:
     """Reads the JSON value in a judge's answer.
 
-    Tries, in order: the whole text, the contents of a Markdown code fence, and the first balanced
-    ``{...}`` or ``[...]`` span that parses.
+    Tries, in order: the whole text, the contents of each Markdown code fence, and the balanced
+    ``{...}`` or ``[...]`` spans in order of their start. Linear in the answer's length: one scan finds
+    every span, and the spans handed to the JSON parser are capped at twice the answer's length in all.
 
     Args:
         text: The judge's answer.
@@ -33,56 +40,97 @@ def extract_json(text: str) -> Any:
         The decoded JSON value.
 
     Raises:
-        ValueError: When no JSON object or array can be found.
+        ValueError: When no JSON object or array can be found, the answer is over
+            :data:`MAX_ANSWER_CHARS`, or the JSON nests deeper than the parser goes.
     """
-    stripped = text.strip()
-    try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        pass
-    for block in _FENCED_JSON.findall(text):
-        try:
-            return json.loads(block.strip())
-        except json.JSONDecodeError:
-            continue
-    for start, char in enumerate(text):
-        if char not in "{[":
-            continue
-        end = _balanced_end(text, start)
-        if end is None:
-            continue
-        try:
-            return json.loads(text[start:end])
-        except json.JSONDecodeError:
-            continue
+    check_answer_size(text)
+    candidates = [text.strip(), *_fenced_blocks(text)]
+    budget = 2 * len(text) + 1024
+    for candidate in candidates:
+        value = _loads(candidate)
+        if value is not _NOTHING:
+            return value
+    for start, end in _balanced_spans(text):
+        budget -= end - start
+        if budget < 0:
+            break
+        value = _loads(text[start:end])
+        if value is not _NOTHING:
+            return value
     raise ValueError(f"no JSON value found in answer: {_preview(text)}")
 
 
-def _balanced_end(text: str, start: int) -> int | None:
-    """Index just past the bracket that closes ``text[start]``, skipping brackets inside strings."""
-    closing = {"{": "}", "[": "]"}
-    stack = [closing[text[start]]]
+def check_answer_size(text: str) -> None:
+    """Raise ``ValueError`` for an answer over :data:`MAX_ANSWER_CHARS` characters."""
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ValueError(f"answer of {len(text)} characters is too long to read (limit {MAX_ANSWER_CHARS})")
+
+
+_NOTHING = object()
+
+
+def _loads(candidate: str) -> Any:
+    try:
+        return json.loads(candidate, parse_constant=_not_json, parse_float=_finite)
+    except (ValueError, RecursionError):  # not JSON (NaN and Infinity included), or nested too deeply
+        return _NOTHING
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal} does not fit a float")
+    return value
+
+
+def _fenced_blocks(text: str) -> list[str]:
+    """Contents of the Markdown code fences (a ``json`` language tag dropped), found with two finds each."""
+    blocks = []
+    pos = 0
+    while (start := text.find("```", pos)) >= 0 and (end := text.find("```", start + 3)) >= 0:
+        block = text[start + 3 : end]
+        if block.startswith(("json", "JSON")):
+            block = block[4:]
+        blocks.append(block.strip())
+        pos = end + 3
+    return blocks
+
+
+def _balanced_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every balanced bracket span, ordered by start, in one scan.
+
+    Brackets inside strings are skipped (strings are tracked from the outermost open bracket); a
+    mismatched closing bracket drops every span still open.
+    """
+    spans: list[tuple[int, int]] = []
+    stack: list[tuple[str, int]] = []
     in_string = False
-    escaped = False
-    for i in range(start + 1, len(text)):
-        char = text[i]
+    escaped_at = -1
+    for match in _JSON_SYNTAX.finditer(text):
+        i, char = match.start(), match.group()
         if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
+            if i == escaped_at:
+                continue
+            if char == "\\":
+                escaped_at = i + 1
             elif char == '"':
                 in_string = False
         elif char == '"':
-            in_string = True
-        elif char in closing:
-            stack.append(closing[char])
-        elif char in "}]":
-            if char != stack.pop():
-                return None
-            if not stack:
-                return i + 1
-    return None
+            in_string = bool(stack)
+        elif char in "{[":
+            stack.append(("}" if char == "{" else "]", i))
+        elif stack:
+            closing, start = stack.pop()
+            if char != closing:
+                stack.clear()
+            else:
+                spans.append((start, i + 1))
+    spans.sort()
+    return spans
 
 
 _TYPE_CHECKS: dict[str, Any] = {
@@ -176,6 +224,7 @@ def parse_score(text: str, lo: int, hi: int) -> int:
     Raises:
         ValueError: When there is no integer or it is out of range.
     """
+    check_answer_size(text)
     match = _SCORE_AFTER_WORD.search(text) or _INTEGER.search(text)
     if match is None:
         raise ValueError(f"no integer score in answer: {_preview(text)}")

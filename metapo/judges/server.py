@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser's depth
             self._error(400, "request body is not JSON", "invalid_request_error")
             return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from metapo.judges.prompting import neutralise
+
 
 class JudgeError(RuntimeError):
     """A judge call failed for good: retries are exhausted or the answer could not be read."""
@@ -43,7 +45,7 @@ class ChatRequest:
         """The OpenAI ``/v1/chat/completions`` request body for this request."""
         body: dict[str, Any] = {
             "model": model,
-            "messages": [dict(m) for m in self.messages],
+            "messages": [_inert(m) for m in self.messages],
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }
@@ -99,3 +101,17 @@ class ScoreReading:
     mass: float
     method: str
     result: ChatResult
+
+
+def _inert(message: dict[str, str]) -> dict[str, str]:
+    """A message whose text cannot act as chat-template structure once a server renders the conversation.
+
+    Every request passes here, so chat-control tokens (``<|im_start|>``, ``<|im_end|>``, ``[INST]``, ...)
+    and their look-alikes are neutralised wherever untrusted text sits in a prompt (a fenced completion, a
+    judge rationale shown to the meta judge, rubric text a meta judge wrote), and lone surrogates, which no
+    UTF-8 encoder accepts, become U+FFFD.
+    """
+    out = dict(message)
+    if isinstance(out.get("content"), str):
+        out["content"] = neutralise(out["content"])
+    return out

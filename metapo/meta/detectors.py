@@ -323,9 +323,11 @@ def prompt_copy_share(completion_tokens: Sequence[str], prompt_tokens: Sequence[
 _GRADER = r"(?:grader|judge|evaluator|assessor|scorer|reviewer|rater|marker|instructor)s?"
 _AI = r"(?:ai|llm|automated|automatic|language[- ]model)"
 _SCORE_WORD = r"(?:score|grade|rating|reward|mark|points)"
-_TOP_MARKS = rf"(?:full\s+(?:marks|points|credit|score)|(?:a\s+)?perfect\s+{_SCORE_WORD}|(?:the\s+)?(?:maximum|max|top|highest)(?:\s+possible)?\s+{_SCORE_WORD})"
-_NUMBER_SCORE = r"\d+(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d+)?\b(?!\s*%)"
+_TOP_MARKS = rf"(?:full\s++(?:marks|points|credit|score)|(?:a\s++)?perfect\s++{_SCORE_WORD}|(?:the\s++)?(?:maximum|max|top|highest)(?:\s++possible)?\s++{_SCORE_WORD})"
+_NUMBER_SCORE = r"\d++(?:\.\d++)?(?:\s*+(?:/|out\s++of)\s*+\d++)?\b(?!\s*+%)"
 
+# Every pattern here is linear-time (metapo.untrusted.check_linear): possessive runs that cannot cross
+# the start of another match, so an adversarial completion cannot stall a meta step.
 # Text addressed to whoever scores the completion, matched against the lower-cased completion (about
 # twice as fast as case-insensitive matching). Each pattern has a short name used in reasons.
 # They aim at phrasing that has no business in an answer (an instruction to the grader, a claimed
@@ -336,58 +338,58 @@ INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for name, pattern in (
         (
             "ignore-instructions",
-            r"\b(?:ignore|disregard|forget|override|bypass)\s+(?:(?:all|any|the|your|previous|prior|above|"
-            r"earlier|these|those|grading|scoring)\s+){0,3}(?:rubric|rubrics|instructions?|criteria|guidelines|"
+            r"\b(?:ignore|disregard|forget|override|bypass)\s++(?:(?:all|any|the|your|previous|prior|above|"
+            r"earlier|these|those|grading|scoring)\s++){0,3}(?:rubric|rubrics|instructions?|criteria|guidelines|"
             r"scoring|grading|evaluation)\b",
         ),
         (
             "grader-address",
-            rf"\b(?:dear|attention|note\s+to|message\s+to|hey|hello|hi)\s+(?:the\s+|any\s+)?(?:{_AI}\s+)?{_GRADER}\b"
-            rf"|\bas\s+an?\s+{_AI}\s+{_GRADER}\b"
-            rf"|\byou\s+are\s+(?:an?\s+|the\s+)?(?:{_AI}\s+)?(?:grader|evaluator|scorer|rater)\b"
-            rf"|\b(?:to|for)\s+the\s+{_AI}\s+{_GRADER}\b",
+            rf"\b(?:dear|attention|note\s++to|message\s++to|hey|hello|hi)\s++(?:the\s++|any\s++)?(?:{_AI}\s++)?{_GRADER}\b"
+            rf"|\bas\s++an?\s++{_AI}\s++{_GRADER}\b"
+            rf"|\byou\s++are\s++(?:an?\s++|the\s++)?(?:{_AI}\s++)?(?:grader|evaluator|scorer|rater)\b"
+            rf"|\b(?:to|for)\s++the\s++{_AI}\s++{_GRADER}\b",
         ),
         (
             "score-claim",
-            rf"\b(?:final\s+|total\s+|overall\s+)?(?:score|grade|rating|reward)\s*[:=]\s*{_NUMBER_SCORE}"
-            r"|\[\[\s*\d+(?:\.\d+)?\s*\]\]",
+            rf"\b(?:final\s++|total\s++|overall\s++)?(?:score|grade|rating|reward)\s*+[:=]\s*+{_NUMBER_SCORE}"
+            r"|\[\[\s*+\d++(?:\.\d++)?\s*+\]\]",
         ),
         (
             "score-request",
-            rf"\b(?:give|award|assign|grant|rate|score)\s+(?:this|it|me|us|my\s+\w+|the\s+\w+|this\s+\w+)\s+"
-            rf"(?:a\s+|an\s+|the\s+)?(?:(?:score|rating|grade)\s+of\s+)?(?:{_NUMBER_SCORE}|{_TOP_MARKS})"
-            rf"|\b(?:deserves?|merits?|warrants?)\s+(?:a\s+|an\s+)?(?:(?:score|rating|grade)\s+of\s+)?"
+            rf"\b(?:give|award|assign|grant|rate|score)\s++(?:this|it|me|us|my\s++\w++|the\s++\w++|this\s++\w++)\s++"
+            rf"(?:a\s++|an\s++|the\s++)?(?:(?:score|rating|grade)\s++of\s++)?(?:{_NUMBER_SCORE}|{_TOP_MARKS})"
+            rf"|\b(?:deserves?|merits?|warrants?)\s++(?:a\s++|an\s++)?(?:(?:score|rating|grade)\s++of\s++)?"
             rf"(?:{_NUMBER_SCORE}|{_TOP_MARKS})"
-            rf"|\b(?:you\s+(?:must|should|will|shall|need\s+to)|please)\s+(?:give|award|assign|output|return|rate|score)"
-            rf"\b[^.\n]{{0,40}}?(?:\b\d+\b|{_TOP_MARKS})",
+            rf"|\b(?:you\s++(?:must|should|will|shall|need\s++to)|please)\s++(?:give|award|assign|output|return|rate|score)"
+            rf"\b[^.\n]{{0,40}}?(?:\b\d++\b|{_TOP_MARKS})",
         ),
         (
             "score-tag",
-            r"<\s*/?\s*(?:score|scores|grade|grading|rating|reward|judgement|judgment|evaluation|eval|feedback)"
-            r"(?=[\s/>])[^<>]*>",
+            r"<\s*+(?:/\s*+)?(?:score|scores|grade|grading|rating|reward|judgement|judgment|evaluation|eval|feedback)"
+            r"(?=[\s/>])[^<>]*+>",
         ),
         (
             "role-marker",
-            r"<[|｜][^<>\n]{0,64}?[|｜]>|\[/?inst\]|<</?sys>>|<\s*/?\s*(?:start_of_turn|end_of_turn)\s*>"
-            r"|^[ \t]*(?:system|assistant|user|human)[ \t]*:"
-            r"|^[ \t]*#{1,4}[ \t]*(?:system|instruction|new\s+instructions?)[ \t]*:?[ \t]*$",
+            r"<[|｜][^<>\n]{0,64}?[|｜]>|\[/?inst\]|<</?sys>>|<\s*+(?:/\s*+)?(?:start_of_turn|end_of_turn)\s*+>"
+            r"|^[ \t]*+(?:system|assistant|user|human)[ \t]*+:"
+            r"|^[ \t]*+#{1,4}[ \t]*+(?:system|instruction|new[ \t]++instructions?)[ \t]*+:?[ \t]*+$",
         ),
         (
             "fence-escape",
             # The judge prompt fences untrusted text in tags like <response>; a completion that closes
             # or opens one is trying to step outside its quoted block.
-            r"<\s*/?\s*(?:response|task_input|submission|student_response|completion|policy_response)\s*>",
+            r"<\s*+(?:/\s*+)?(?:response|task_input|submission|student_response|completion|policy_response)\s*+>",
         ),
     )
 )
 
 _EMPTY_PATTERNS: tuple[re.Pattern[str], ...] = (
     # A tag pair with nothing but whitespace or a placeholder (..., …, _, -, *) between: <verdict></verdict>.
-    re.compile(r"<([A-Za-z][\w:-]*)(?:\s[^<>]*)?>[\s.…_*\-]*</\1\s*>"),
+    re.compile(r"<([A-Za-z][\w:-]*+)(?:\s[^<>]*+)?>[\s.…_*\-]*+</\1\s*+>"),
     # A self-closing answer-like tag: <answer/>.
-    re.compile(r"<\s*(?:answer|verdict|final|result|solution|summary|conclusion)\s*/\s*>", re.IGNORECASE),
+    re.compile(r"<\s*+(?:answer|verdict|final|result|solution|summary|conclusion)\s*+/\s*+>", re.IGNORECASE),
     # An empty LaTeX answer box.
-    re.compile(r"\\(?:boxed|fbox)\s*\{[\s.…_*\-~]*\}"),
+    re.compile(r"\\(?:boxed|fbox)\s*+\{[\s.…_*\-~]*+\}"),
 )
 
 

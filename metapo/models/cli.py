@@ -140,7 +140,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         try:
             models = [get_embedded_model(args.name)]
         except KeyError as exc:
-            sys.stderr.write(f"{exc.args[0]}\n")
+            sys.stderr.write(f"error: {exc.args[0]}\n")
             return 2
     ok = True
     for model in models:

@@ -12,7 +12,7 @@ from torch import nn
 from .base import ObjectiveOutput, Tensor, make_output
 
 # Sentence ends and clause separators: the "key items" the stand-in extractor removes.
-_ITEM_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
+_ITEM_SPLIT = re.compile(r"(?<=[.!?;:])\s++|\n+")
 
 
 def make_degree_variants(text: str, max_removed: int = 3) -> list[str]:

@@ -26,11 +26,12 @@ def register(subparsers: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from metapo.files import check_output_dir, require_dir
     from metapo.report import write_report
 
-    if not args.run_dir.is_dir():
-        sys.stderr.write(f"{args.run_dir} is not a directory; pass the run directory a training run wrote\n")
-        return 2
+    require_dir(args.run_dir, "run directory")
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, "--out-dir")
     html_path, md_path = write_report(args.run_dir, args.out_dir)
     if not args.quiet:
         sys.stdout.write(md_path.read_text(encoding="utf-8"))

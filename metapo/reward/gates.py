@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from metapo.untrusted import check_linear
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -66,6 +68,10 @@ class MinWords:
     strip_pattern: str | None = None
     name: str = "min_words"
 
+    def __post_init__(self) -> None:
+        if self.strip_pattern:
+            check_linear(self.strip_pattern, re.DOTALL)  # it runs on every completion
+
     def __call__(self, candidate: Candidate) -> GateResult | None:
         text = candidate.completion
         if self.strip_pattern:
@@ -83,6 +89,9 @@ class RequiredPattern:
     pattern: str
     penalty: float = 0.0
     name: str = "required_pattern"
+
+    def __post_init__(self) -> None:
+        check_linear(self.pattern, re.DOTALL)  # it runs on every completion
 
     def __call__(self, candidate: Candidate) -> GateResult | None:
         if re.search(self.pattern, candidate.completion, flags=re.DOTALL) is None:

@@ -19,6 +19,7 @@ Three text forms are understood:
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import json
 import math
@@ -105,18 +106,19 @@ class Rubric:
                 built.append(raw)
                 continue
             try:
-                title = str(raw.get("title") or raw.get("name") or "").strip()
+                # A title is one line: a newline in it would end the Markdown heading early.
+                title = " ".join(str(raw.get("title") or raw.get("name") or "").split())
                 built.append(
                     RubricItem(
                         id=str(raw.get("id") or slugify(title) or f"item-{i + 1}"),
                         title=title,
-                        description=str(raw.get("description", "")).strip(),
-                        min_score=int(raw.get("min_score", 0)),
-                        max_score=int(raw.get("max_score", 5)),
-                        weight=float(raw.get("weight", 1.0)),
+                        description=str(raw.get("description", "")).replace("\r\n", "\n").strip(),
+                        min_score=_integer(raw.get("min_score", 0), "min_score"),
+                        max_score=_integer(raw.get("max_score", 5), "max_score"),
+                        weight=_number(raw.get("weight", 1.0), "weight"),
                     )
                 )
-            except (TypeError, ValueError, AttributeError) as exc:
+            except (TypeError, ValueError, AttributeError, OverflowError) as exc:
                 raise RubricError(
                     f"item {i + 1}: {exc}; expected title, description, min_score, max_score"
                 ) from exc
@@ -159,26 +161,20 @@ class Rubric:
                 current["description"] = "\n".join(body).strip()
                 items.append(current)
 
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if re.match(r"^#{1,4}\s", line):
-                match = _HEADING.match(line)
-                if match is None:
+        for lineno, line in enumerate(_lines(text), 1):
+            if _HEADING_START.match(line):
+                heading = _heading(line)
+                if heading is None:
                     raise RubricError(
-                        f"line {lineno}: heading {line.strip()!r} has no score range; "
+                        f"line {lineno}: heading {line.strip()[:120]!r} has no score range; "
                         "write it as '## Title [0-5]' or '## Title [0-5, weight 2]'"
                     )
                 close()
                 body = []
-                current = {
-                    "title": match["title"].strip(),
-                    "min_score": int(match["lo"]),
-                    "max_score": int(match["hi"]),
-                    "weight": float(match["w"]) if match["w"] else 1.0,
-                }
-                if match["id"]:
-                    current["id"] = match["id"]
+                current = heading
             elif current is not None:
-                body.append(line)
+                # A description line that would read as a heading was written with a backslash (see to_markdown).
+                body.append(line[1:] if _ESCAPED_HEADING.match(line) else line)
         close()
         if not items:
             raise RubricError("no rubric items found; start each item with a heading like '## Clarity [0-5]'")
@@ -206,13 +202,21 @@ class Rubric:
 
     # ----- rendering ----------------------------------------------------------------------------
     def to_markdown(self) -> str:
-        """Render the Markdown form; :meth:`from_markdown` reads it back unchanged."""
+        """Render the Markdown form; :meth:`from_markdown` reads it back unchanged.
+
+        A description line that would read as a heading (``## Notes``) gets a leading backslash, Markdown's
+        escape, which :meth:`from_markdown` removes again.
+        """
         parts = []
         for item in self.items:
-            weight = "" if item.weight == 1.0 else f", weight {item.weight:g}"
+            weight = "" if item.weight == 1.0 else f", weight {_plain_number(item.weight)}"
             ident = "" if item.id == slugify(item.title) else f" {{#{item.id}}}"
+            description = "\n".join(
+                "\\" + line if _ESCAPED_HEADING.match("\\" + line) else line
+                for line in _lines(item.description)
+            )
             parts.append(
-                f"## {item.title} [{item.min_score}-{item.max_score}{weight}]{ident}\n{item.description}\n"
+                f"## {item.title} [{item.min_score}-{item.max_score}{weight}]{ident}\n{description}\n"
             )
         return "\n".join(parts)
 
@@ -335,11 +339,73 @@ class Rubric:
         return self
 
 
-_HEADING = re.compile(
-    r"^#{1,4}\s+(?:\d+[.)]\s+)?(?P<title>.+?)\s*"
-    r"\[\s*(?P<lo>-?\d+)\s*(?:-|–|to|\.\.)\s*(?P<hi>-?\d+)\s*(?:,\s*weight\s*(?P<w>\d+(?:\.\d+)?))?\s*\]"
-    r"\s*(?:\{#(?P<id>[a-z0-9][a-z0-9_-]*)\})?\s*$"
+# A Markdown heading is "#" to "####" then whitespace; its range bracket (and optional {#id}) ends the line.
+# Linear-time (metapo.untrusted.check_linear): a lazy title before the bracket made one long line cubic.
+_HEADING_START = re.compile(r"#{1,4}\s")
+_HEADING_MARKS = (re.compile(r"#{1,4}\s++\d++[.)]\s++"), re.compile(r"#{1,4}\s++"))
+_HEADING_TAIL = re.compile(
+    r"\[\s*+(?P<lo>-?\d++)\s*+(?:-|–|to|\.\.)\s*+(?P<hi>-?\d++)\s*+(?:,\s*+weight\s*+(?P<w>\d++(?:\.\d++)?))?\s*+\]"
+    r"\s*+(?:\{#(?P<id>[a-z0-9][a-z0-9_-]*+)\})?\s*+\Z"
 )
+# A line that reads as a heading once one leading backslash is removed (Markdown's escape of "#").
+_ESCAPED_HEADING = re.compile(r"\A\\++#{1,4}\s")
+
+
+def _lines(text: str) -> list[str]:
+    # Only "\n" (and "\r\n") end a line: str.splitlines() also splits at U+2028 and other characters that a
+    # description may hold, which would break the Markdown round trip.
+    return text.replace("\r\n", "\n").split("\n")
+
+
+def _heading(line: str) -> dict[str, Any] | None:
+    """The item a heading line starts (title, range, weight, id), or ``None`` when it has no range."""
+    for marks in _HEADING_MARKS:  # "## 1. Title [0-5]": the numbering is not part of the title
+        mark = marks.match(line)
+        if mark is None:
+            continue
+        tail = _HEADING_TAIL.search(line, mark.end() + 1)
+        title = line[mark.end() : tail.start()].strip() if tail else ""
+        if tail is None or not title:
+            continue
+        item: dict[str, Any] = {
+            "title": title,
+            "min_score": int(tail["lo"]),
+            "max_score": int(tail["hi"]),
+            "weight": float(tail["w"]) if tail["w"] else 1.0,
+        }
+        if tail["id"]:
+            item["id"] = tail["id"]
+        return item
+    return None
+
+
+def _integer(value: Any, name: str) -> int:
+    """A score bound: an integer, or a number or text that is exactly one (``5.0``, ``"5"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():  # also refuses NaN and the infinities
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    return int(value)
+
+
+def _number(value: Any, name: str) -> float:
+    """A weight: a finite number (whether it is positive is checked by :meth:`Rubric.validate`)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _plain_number(value: float) -> str:
+    """``value`` without an exponent (``1e-05`` -> ``0.00001``), as the heading's weight syntax needs."""
+    text = format(decimal.Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 _RANGE_IN_TEXT = re.compile(r"\(?\s*(?P<lo>-?\d+)\s*(?:-|–|to)\s*(?P<hi>-?\d+)\s*points?", re.IGNORECASE)
 # A level line of the reference layout: "- 20: ...", "* (-15) ...", "- Score 5 - ...", "- 3 points: ...".
 _LEVEL_LINE = re.compile(

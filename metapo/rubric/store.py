@@ -185,7 +185,12 @@ def _read(path: Path) -> RubricVersion | None:
     if not text.strip():
         log.warning("skipping empty rubric version file %s (left by an interrupted write)", path)
         return None
-    return RubricVersion.from_dict(json.loads(text))
+    try:
+        return RubricVersion.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # edited by hand, or not ours
+        raise RubricError(
+            f"{path} is not a readable rubric version record ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _validate_initial(rubric: Rubric) -> None:

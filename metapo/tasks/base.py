@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from metapo.reward.gates import Gate, RequireEOS
 from metapo.rubric.model import Rubric
+from metapo.untrusted import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -328,11 +329,13 @@ def read_local_file(path: Path) -> list[dict[str, Any]]:
             raise TaskDataError(f"cannot read Parquet file {path}: {exc}") from exc
     if path.suffix not in (".jsonl", ".json"):
         raise TaskDataError(f"unsupported data file {path}; use .jsonl, .json or .parquet")
-    text = path.read_text(encoding="utf-8")
+    from metapo.files import read_user_text
+
+    text = read_user_text(path, "data file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             # Many ".json" dumps (including the Hub's) are really JSON Lines.
             return _parse_jsonl(text, str(path))
         if isinstance(data, dict):
@@ -342,7 +345,7 @@ def read_local_file(path: Path) -> list[dict[str, Any]]:
             data = lists[0]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise TaskDataError(f"{path}: expected a list of JSON objects (one per row)")
-        return data
+        return [_scrubbed(row) for row in data]
     return _parse_jsonl(text, str(path))
 
 
@@ -368,16 +371,19 @@ def read_hub(name: str, split: str) -> list[dict[str, Any]]:
 
 def _parse_jsonl(text: str, where: str) -> list[dict[str, Any]]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which JSON strings may hold raw.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TaskDataError(f"{where}, line {lineno}: not valid JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise TaskDataError(f"{where}, line {lineno}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise TaskDataError(f"{where}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append(_scrubbed(row))
     return rows
 
 
@@ -420,3 +426,17 @@ def length_stats(
     if long_words is not None:
         stats[f"over_{long_words}_words_fraction"] = sum(c > long_words for c in counts) / len(counts)
     return stats
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` with lone surrogates (which JSON's ``\\ud800`` escapes produce) replaced in every string.
+
+    No tokenizer accepts them: one in a prompt would stop training at the first generation.
+    """
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: _scrubbed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(item) for item in value]
+    return value

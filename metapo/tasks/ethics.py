@@ -15,7 +15,7 @@ Verdict = Literal["RIGHT", "WRONG"]
 LABELS: tuple[str, str] = ("RIGHT", "WRONG")
 
 #: A well-formed verdict tag; the label inside is read case-insensitively and reported upper-case.
-VERDICT_TAG = re.compile(r"<verdict>\s*(RIGHT|WRONG)\s*</verdict>", re.IGNORECASE)
+VERDICT_TAG = re.compile(r"<verdict>\s*+(RIGHT|WRONG)\s*+</verdict>", re.IGNORECASE)
 # Untagged fallback (paper §7.4) counts only upper-case words: lower-case "right"/"wrong" occur in ordinary moral
 # prose ("the right thing to do") and would turn almost every answer into a "both words" miss.
 _BARE_WORD = re.compile(r"\b(RIGHT|WRONG)\b")
@@ -165,7 +165,7 @@ class EthicsTask(Task):
             MinWords(
                 self.min_words,
                 penalty=self.too_short_penalty,
-                strip_pattern=r"<verdict>.*?</verdict>",
+                strip_pattern=r"<verdict>[^<]*+</verdict>",
                 name="too_short",
             ),
             *super().gates(),

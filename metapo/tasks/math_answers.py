@@ -19,7 +19,15 @@ logger = logging.getLogger(__name__)
 Which = Literal["first", "last"]
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# The token of a brace-less box (\boxed 5), matched in place: slicing the text per box would be quadratic.
+_BARE_TOKEN = re.compile(r"[^\s$]+")
 _TIMEOUT_S = 5
+# math_verify's parser slows down sharply with nesting (about 1 s at 8 levels of brackets on 2 cores) and
+# runs without a timeout outside the main thread, so an answer a policy writes could stall scoring. MATH gold
+# answers nest at most 3 levels deep and run to 159 characters; anything beyond these bounds is compared as
+# plain text only.
+MAX_VERIFY_CHARS = 400
+MAX_VERIFY_DEPTH = 4
 
 
 def find_boxed(text: str) -> list[str]:
@@ -41,11 +49,10 @@ def find_boxed(text: str) -> list[str]:
             found.append(text[i + 1 : end].strip())
             pos = end + 1
         else:
-            token = re.match(r"[^\s$]+", text[i:])
+            token = _BARE_TOKEN.match(text, i)
             if token is not None:
                 found.append(token.group(0))
-            pos = i + (token.end() if token else 0) or match.end()
-            pos = max(pos, match.end())
+            pos = max(token.end() if token else i, match.end())
     return found
 
 
@@ -91,8 +98,8 @@ def strip_boxed(text: str) -> str:
             end = _matching_brace(text, i)
             pos = len(text) if end is None else end + 1
         else:
-            token = re.match(r"[^\s$]*", text[i:])
-            pos = i + (token.end() if token else 0)
+            token = _BARE_TOKEN.match(text, i)
+            pos = token.end() if token else i
     out.append(text[pos:])
     return "".join(out)
 
@@ -119,7 +126,8 @@ def _parsed(answer: str) -> tuple[Any, ...]:
 
 
 _PLAIN_DROP = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\ |\$|\s+|\^\{?\\circ\}?|\\%|%")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
+# Bounded content: a possessive run could cross into the next command, whose "\" it does not exclude.
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]{0,64})\}")
 
 
 def _plain(answer: str) -> str:
@@ -138,6 +146,8 @@ def answers_match(gold: str | None, predicted: str | None) -> bool:
         return False
     from math_verify import verify
 
+    if not (_verifiable(gold) and _verifiable(predicted)):
+        return _plain(gold) == _plain(predicted)
     try:
         gold_parsed, pred_parsed = _parsed(gold.strip()), _parsed(predicted.strip())
         if (
@@ -149,6 +159,20 @@ def answers_match(gold: str | None, predicted: str | None) -> bool:
     except Exception as exc:  # math_verify surfaces SymPy and timeout errors of many kinds
         logger.debug("math_verify failed on %r vs %r: %s", gold, predicted, exc)
     return _plain(gold) == _plain(predicted)
+
+
+def _verifiable(answer: str) -> bool:
+    """Whether ``answer`` is short and shallow enough to hand to ``math_verify`` (see MAX_VERIFY_DEPTH)."""
+    if len(answer) > MAX_VERIFY_CHARS:
+        return False
+    depth = deepest = 0
+    for char in answer:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+    return deepest <= MAX_VERIFY_DEPTH
 
 
 def check_response(gold: str | None, response: str, which: Which = "last") -> bool:

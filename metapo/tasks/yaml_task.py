@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metapo.reward.gates import Gate, MinWords, RequiredPattern, RequireEOS
 from metapo.rubric.model import Rubric, RubricError
 from metapo.tasks.base import (
@@ -109,13 +107,14 @@ class YamlTask(Task):
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> YamlTask:
         """Read a YAML task file; relative data paths are resolved against the file's folder."""
+        from metapo.config import ConfigError, load_yaml_text
+        from metapo.files import InputFileError, read_user_text
+
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise TaskSpecError(f"task file {path} does not exist")
         try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise TaskSpecError(f"{path}: not valid YAML: {exc}") from exc
+            spec = load_yaml_text(read_user_text(path, "task file"), f"task file {path}")
+        except (ConfigError, InputFileError) as exc:
+            raise TaskSpecError(str(exc)) from None
         return cls.from_spec(spec, base_dir=path.parent, spec_path=str(path), **overrides)
 
     @classmethod
@@ -276,4 +275,7 @@ def _build_gate(spec: Any, index: int) -> Gate:
         raise TaskSpecError(f"{where}: min_words gate needs 'min_words'")
     if kind == "required_pattern" and "pattern" not in params:
         raise TaskSpecError(f"{where}: required_pattern gate needs 'pattern'")
-    return cls(**params)
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:  # e.g. a pattern that could stall on a long completion
+        raise TaskSpecError(f"{where} ({kind}): {exc}") from None

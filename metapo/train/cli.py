@@ -75,20 +75,19 @@ def load_run_config(config: Path | None, overrides: list[str], extra: dict[str, 
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metapo.config import ConfigError
-    from metapo.reward.rubric_reward import JudgeUnavailableError
-    from metapo.train.run import RunDirError, summarize, train
-
+    # Bad input (config, run directory, data, rubric files) raises ValueError or OSError subclasses naming
+    # the culprit; metapo.cli.main prints them as one line. The config is checked before the heavy imports.
     extra = {k: v for k, v in {"task": args.task, "output_dir": args.output_dir}.items() if v}
+    cfg = load_run_config(args.config, args.overrides, extra)
+    if args.resume:
+        # The saved config is the truth for a resumed run; command-line overrides still apply on top.
+        cfg = load_run_config(Path(cfg.output_dir) / "config.yaml", args.overrides, extra)
+
+    from metapo.reward.rubric_reward import JudgeUnavailableError
+    from metapo.train.run import summarize, train
+
     try:
-        cfg = load_run_config(args.config, args.overrides, extra)
-        if args.resume:
-            # The saved config is the truth for a resumed run; command-line overrides still apply on top.
-            cfg = load_run_config(Path(cfg.output_dir) / "config.yaml", args.overrides, extra)
         built = train(cfg, resume=args.resume)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
     except JudgeUnavailableError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
@@ -111,32 +110,49 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rubric_show(args: argparse.Namespace) -> int:
+def _run_store(run_dir: Path) -> Any:
+    from metapo.files import InputFileError, require_dir
     from metapo.rubric.store import RubricStore
 
-    store = RubricStore(args.run_dir / "rubrics")
+    require_dir(run_dir, "run directory")
+    if not (run_dir / "rubrics").is_dir():
+        raise InputFileError(f"{run_dir} has no rubric history (no rubrics/ directory); pass a run directory")
+    return RubricStore(run_dir / "rubrics")
+
+
+def _history(store: Any, run_dir: Path, lineage: str) -> list[Any]:
+    from metapo.files import InputFileError
+
+    history = store.history(lineage)
+    if not history:
+        raise InputFileError(
+            f"{run_dir} has no rubric lineage {lineage!r}; its lineages: {', '.join(store.lineages()) or 'none'}"
+        )
+    return history
+
+
+def _rubric_show(args: argparse.Namespace) -> int:
+    store = _run_store(args.run_dir)
     lineages = [args.lineage] if args.lineage else store.lineages()
     if not lineages:
-        sys.stderr.write(f"error: {args.run_dir} has no rubric history (no rubrics/ directory)\n")
+        sys.stderr.write(f"error: {args.run_dir} has no rubric versions in rubrics/\n")
         return 2
     for lineage in lineages:
-        history = store.history(lineage)
+        history = _history(store, args.run_dir, lineage)
+        chosen = store.get(lineage, args.version) if args.version is not None else history[-1]
         print(f"# lineage {lineage}: {len(history)} version(s)")
         for v in history:
             parents = ",".join(map(str, v.parents)) or "-"
             print(
                 f"v{v.version}  step {v.step}  {v.creator}  parents {parents}  {len(v.rubric.items)} items  {v.hash}"
             )
-        chosen = store.get(lineage, args.version) if args.version is not None else history[-1]
         print(f"\n## v{chosen.version}\n\n{chosen.rubric.to_markdown()}")
     return 0
 
 
 def _rubric_diff(args: argparse.Namespace) -> int:
-    from metapo.rubric.store import RubricStore
-
-    store = RubricStore(args.run_dir / "rubrics")
-    history = store.history(args.lineage)
+    store = _run_store(args.run_dir)
+    history = _history(store, args.run_dir, args.lineage)
     if len(history) < 2 and (args.old is None or args.new is None):
         sys.stderr.write(f"error: lineage {args.lineage!r} has {len(history)} version(s); nothing to diff\n")
         return 2
@@ -147,11 +163,13 @@ def _rubric_diff(args: argparse.Namespace) -> int:
 
 
 def _rubric_validate(args: argparse.Namespace) -> int:
+    from metapo.files import read_user_text
     from metapo.rubric.model import Rubric, RubricError, RubricLimits
 
+    text = read_user_text(args.path, "rubric file")  # a missing or binary file is an error, not "invalid"
     try:
-        rubric = Rubric.parse(args.path.read_text()).validate(RubricLimits(max_items=args.max_items))
-    except (OSError, RubricError) as exc:
+        rubric = Rubric.parse(text).validate(RubricLimits(max_items=args.max_items))
+    except RubricError as exc:
         sys.stderr.write(f"invalid: {exc}\n")
         return 1
     print(f"valid: {len(rubric.items)} items, {rubric.min_points:g}..{rubric.max_points:g} points")

@@ -94,3 +94,33 @@ class RunConfig:
                 raise ValueError(
                     f"training.{key} conflicts with the top-level '{key}' setting; set it there only"
                 )
+
+
+def check_training_args(training: dict[str, Any], config_cls: type) -> dict[str, Any]:
+    """``training`` checked against the fields of TRL's trainer config ``config_cls`` (keys and value types).
+
+    Runs before anything is written, so a typo such as ``training.lerning_rate`` stops the run at once with a
+    suggestion instead of failing inside the trainer.
+
+    Returns:
+        The settings with lossless conversions applied (e.g. ``"1e-5"`` read as a number).
+    """
+    import dataclasses
+    import difflib
+    import typing
+
+    from metapo.config import ConfigError, check_value
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except (NameError, TypeError):  # an annotation that does not resolve here: check the names only
+        hints = {}
+    out = {}
+    for key, value in training.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean training.{close[0]}?" if close else ""
+            raise ConfigError(f"training.{key} is not a {config_cls.__name__} setting{hint}")
+        out[key] = check_value(value, hints.get(key, Any), f"training.{key}")
+    return out

@@ -85,10 +85,11 @@ def demo_config(preset: str, output_dir: str | None, overrides: list[str]) -> An
 
 def run_demo(preset: str, output_dir: str | None, overrides: list[str]) -> int:
     """Prepare the embedded models (first run only), train, and print where everything is."""
+    cfg = demo_config(preset, output_dir, overrides)  # bad overrides fail before the heavy imports
+
     from metapo.models.embedded import prepare_smollm2, qwen_coder_1_5b_gguf
     from metapo.train.run import summarize, train
 
-    cfg = demo_config(preset, output_dir, overrides)
     started = time.perf_counter()
     log.info("preparing embedded models (converted and cached on first use)")
     prepare_smollm2()

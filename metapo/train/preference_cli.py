@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -124,7 +125,7 @@ def parse_value(raw: str) -> Any:
     """Type a command-line value: numbers (``1e-5`` included), ``true``/``false``, ``null``, YAML lists and
     mappings; anything else stays a string (so ``no`` is the string ``"no"``, not YAML 1.1's ``False``).
     """
-    import yaml
+    from metapo.config import load_yaml_text
 
     text = raw.strip()
     if _NUMBER.match(text):
@@ -135,7 +136,7 @@ def parse_value(raw: str) -> Any:
     if lowered in ("null", "~"):  # not "none": report_to=none means the string
         return None
     if text[:1] in ("[", "{"):
-        return yaml.safe_load(text)
+        return load_yaml_text(text, f"value {text[:40]!r}")
     return raw
 
 
@@ -202,21 +203,20 @@ def build_config(config_path: str | Path | None, overrides: Sequence[str] = ()):
     Returns:
         ``(script_args, training_args, model_args)``.
     """
-    import yaml
+    from metapo.config import check_value, load_yaml
+
+    # Read (and reject) the file and the overrides before the heavy imports below.
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        merged.update(_coerce_numbers(load_yaml(config_path)))
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(merged, key, value)
+
     from transformers import HfArgumentParser
     from trl import ModelConfig
 
     from metapo.objectives import get_objective
     from metapo.train.preference import PreferenceConfig
-
-    merged: dict[str, Any] = {}
-    if config_path is not None:
-        loaded = yaml.safe_load(Path(config_path).read_text("utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path} must hold a mapping of settings")
-        merged.update(_coerce_numbers(loaded))
-    for key, value in parse_overrides(overrides).items():
-        _set_dotted(merged, key, value)
 
     dataclass_types = (PreferenceScriptArguments, PreferenceConfig, ModelConfig)
     known = {f.name for cls in dataclass_types for f in fields(cls)}
@@ -233,6 +233,15 @@ def build_config(config_path: str | Path | None, overrides: Sequence[str] = ()):
         )
     merged["objective_kwargs"] = kwargs
     merged.setdefault("output_dir", f"runs/pref-{objective}")
+    # Every value against its field's type, before anything loads or is written (errors name the key).
+    hints: dict[str, Any] = {}
+    for cls in reversed(dataclass_types):
+        try:
+            hints.update(typing.get_type_hints(cls))
+        except (NameError, TypeError):  # an annotation that does not resolve here: those keys go unchecked
+            continue
+    for key in list(merged):
+        merged[key] = check_value(merged[key], hints.get(key, Any), key)
     script_args, training_args, model_args = HfArgumentParser(dataclass_types).parse_dict(merged)
     return script_args, training_args, model_args
 
@@ -245,6 +254,7 @@ def build_config(config_path: str | Path | None, overrides: Sequence[str] = ()):
 def _load_dataset(script_args: PreferenceScriptArguments, seed: int):
     from datasets import load_dataset
 
+    from metapo.files import require_file
     from metapo.train.preference import load_builtin_preferences
 
     name = script_args.dataset_name
@@ -254,6 +264,7 @@ def _load_dataset(script_args: PreferenceScriptArguments, seed: int):
     else:
         suffix = Path(name).suffix.lower()
         if suffix in (".jsonl", ".json", ".parquet", ".csv"):
+            require_file(name, "dataset_name")
             loader = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[suffix]
             data = load_dataset(loader, data_files=name)
         else:
@@ -271,7 +282,11 @@ def _load_model(model_args: Any, training_args: Any):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from metapo.files import check_model_spec
+
     path = model_args.model_name_or_path
+    if path is not None:
+        check_model_spec(path, "model_name_or_path")
     if path is None:
         raise ValueError("set model_name_or_path (a local path, a hub id, or 'tiny' for a tiny random model)")
     if path == "tiny":
@@ -299,11 +314,12 @@ def run_train_pref(args: argparse.Namespace) -> int:
     Returns:
         Process exit code.
     """
+    script_args, training_args, model_args = build_config(args.config, args.overrides)  # bad input fails fast
+
     from trl import get_peft_config
 
     from metapo.train.preference import PreferenceTrainer, evaluate_margins
 
-    script_args, training_args, model_args = build_config(args.config, args.overrides)
     train, test = _load_dataset(script_args, training_args.seed)
     model, tokenizer = _load_model(model_args, training_args)
     trainer = PreferenceTrainer(

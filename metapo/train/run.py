@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from metapo.config import to_dict
-from metapo.files import atomic_write_text, read_jsonl
+from metapo.files import NewEntries, atomic_write_text, check_model_spec, read_jsonl, read_user_text
 from metapo.judges import build_judge
 from metapo.meta.controller import MetaPolicyOptimizationCallback
 from metapo.meta.meta_judge import MetaJudge
@@ -23,12 +23,13 @@ from metapo.rubric.active import ActiveRubrics
 from metapo.rubric.diff import diff
 from metapo.rubric.model import Rubric, RubricError
 from metapo.rubric.store import RubricStore
-from metapo.train.config import RunConfig
+from metapo.train.checkpoints import last_complete_checkpoint
+from metapo.train.config import RunConfig, check_training_args
 
 log = logging.getLogger(__name__)
 
 
-class RunDirError(RuntimeError):
+class RunDirError(ValueError):
     """The run directory cannot be used as asked (it would lose or mix earlier results)."""
 
 
@@ -57,7 +58,7 @@ def resolve_initial_rubric(spec: str | None, task: Any) -> Rubric:
             f"initial_rubric={spec!r} is neither a file nor a baseline of task {task.name} "
             f"({', '.join(sorted(baselines))})"
         )
-    return Rubric.parse(path.read_text()).validate()
+    return Rubric.parse(read_user_text(path, "initial_rubric file")).validate()
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
@@ -74,7 +75,14 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         )
     if resume and not config_path.exists():
         raise RunDirError(f"--resume: {run_dir} holds no run to resume (no config.yaml)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output_dir {run_dir} is a file; choose a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(
+            f"output_dir {run_dir} cannot be created ({exc.strerror or exc}); choose a writable location"
+        ) from None
     if not resume:
         atomic_write_text(config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return run_dir
@@ -144,7 +152,7 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         log.info(task.last_load_stats.summary())
     dataset = dataset.map(lambda row: {"lineage": task.lineage_key(row)})
 
-    model_path = str(resolve_policy(cfg.model))
+    model_path = str(resolve_policy(check_model_spec(cfg.model, "model")))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -267,25 +275,42 @@ def _token_counter(judge: Any) -> Any:
 
 
 def train(cfg: RunConfig, *, resume: bool = False) -> BuiltRun:
-    """Run training to the end (or resume the last checkpoint) and save the final policy beside the rubrics."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """Run training to the end (or resume the last checkpoint) and save the final policy beside the rubrics.
 
-    run_dir = prepare_run_dir(cfg, resume)
-    _attach_file_log(run_dir)
-    built = build_run(cfg, run_dir)
-    checkpoint = None
-    if resume:
-        ckpt_root = run_dir / "checkpoints"
-        checkpoint = get_last_checkpoint(str(ckpt_root)) if ckpt_root.exists() else None
-        if checkpoint is None:
-            log.warning("no checkpoint in %s: starting from step 0 with the saved rubric history", ckpt_root)
-        else:
-            built.controller.load_state(Path(checkpoint))
-            log.info("resuming from %s", checkpoint)
+    A new run that fails before its first optimizer step (bad data, a model that does not load, a judge that
+    is down from the start, Ctrl-C) removes everything it created, so the corrected command simply runs.
+    """
+    cfg.training = check_training_args(cfg.training, _trainer_classes(cfg.algorithm)[0])
+    created = NewEntries(cfg.output_dir) if not resume and _is_main_process() else None
+    log_handler = None
+    built = None
     try:
-        built.trainer.train(resume_from_checkpoint=checkpoint)
-    except JudgeUnavailableError:
-        _checkpoint_last_step(built)
+        run_dir = prepare_run_dir(cfg, resume)
+        log_handler = _attach_file_log(run_dir)
+        built = build_run(cfg, run_dir)
+        checkpoint = None
+        if resume:
+            checkpoint = last_complete_checkpoint(run_dir / "checkpoints", move_aside=_is_main_process())
+            if checkpoint is None:
+                log.warning(
+                    "no checkpoint in %s: starting from step 0 with the saved rubric history",
+                    run_dir / "checkpoints",
+                )
+            else:
+                built.controller.load_state(checkpoint)
+                log.info("resuming from %s", checkpoint)
+        try:
+            built.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except JudgeUnavailableError:
+            _checkpoint_last_step(built)
+            raise
+    except BaseException:
+        if created is not None and (built is None or built.trainer.state.global_step == 0):
+            log.info("the run failed before its first step: removing what it created in %s", cfg.output_dir)
+            if log_handler is not None:
+                logging.getLogger("metapo").removeHandler(log_handler)
+                log_handler.close()
+            created.remove()
         raise
     built.trainer.save_model(str(run_dir / "final"))
     built.controller.save_checkpoint_state(run_dir / "final")
@@ -314,14 +339,18 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _attach_file_log(run_dir: Path) -> None:
+def _attach_file_log(run_dir: Path) -> logging.Handler | None:
+    """Log to ``train.log`` in the run directory; returns the handler when this call added it."""
     root = logging.getLogger("metapo")
     path = str((run_dir / "train.log").resolve())
-    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
+        return None
+    # backslashreplace: a lone surrogate in logged text must not turn into a logging error.
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    return handler
 
 
 def summarize(run_dir: Path) -> str:
