@@ -2,21 +2,18 @@
 line, and the SFT learning-rate recipe.
 
 Each command reads one flat YAML file (``--config``) whose keys are the fields of its settings dataclass, followed by
-``key=value`` overrides (``learning_rate=1e-4``, ``sft.num_train_epochs=2``). Heavy imports happen in the handlers.
+``key=value`` overrides (``learning_rate=1e-4``, ``sft.num_train_epochs=2``). Every value is checked against its
+field's type before anything loads; bad input raises ``ValueError``, which ``metapo``'s entry point prints as one
+line. Heavy imports happen in the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-
-class CommandError(Exception):
-    """A user error: reported as one line, exit status 2."""
 
 
 def register(subparsers: Any) -> None:
@@ -75,52 +72,45 @@ def register(subparsers: Any) -> None:
 
 def _settings(config: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
     """A YAML mapping merged with ``key=value`` overrides (dotted keys reach into mappings)."""
-    from metapo.config import ConfigError, deep_merge, load_yaml, parse_overrides
-    from metapo.train.preference_cli import _coerce_numbers
+    from metapo.config import deep_merge, load_yaml, parse_overrides
 
-    try:
-        data = load_yaml(config) if config is not None else {}
-        return _coerce_numbers(deep_merge(data, parse_overrides(list(overrides))))
-    except ConfigError as exc:
-        raise CommandError(str(exc)) from None
+    data = load_yaml(config) if config is not None else {}
+    return deep_merge(data, parse_overrides(list(overrides)))
 
 
-def _build(cls: type, data: dict[str, Any], what: str) -> Any:
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """The settings dataclass from ``data``, every value checked against its field's type first.
+
+    Raises:
+        ValueError: An unknown key, or a value of the wrong type, naming the key.
+    """
+    import dataclasses
+    import typing
+
     from transformers import HfArgumentParser, TrainingArguments
 
-    from metapo.config import ConfigError, from_dict
+    from metapo.config import ConfigError, check_value, from_dict
 
-    try:
-        if issubclass(cls, TrainingArguments):  # HfArgumentParser knows its many fields and their types
-            return HfArgumentParser(cls).parse_dict(data, allow_extra_keys=False)[0]
+    if not issubclass(cls, TrainingArguments):
         return from_dict(cls, data)
-    except (ConfigError, ValueError, TypeError) as exc:
-        raise CommandError(f"{what}: {exc}".replace("\n", " ")) from None
-
-
-def _run(handler: Any, args: argparse.Namespace) -> int:
-    try:
-        return handler(args)
-    except CommandError as exc:
-        sys.stderr.write(f"metapo {args.command}: error: {exc}\n")
-        return 2
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        sys.stderr.write(f"metapo {args.command}: error: {exc}\n")
-        return 2
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see `metapo train-rm --help`")
+    hints = typing.get_type_hints(cls)
+    checked = {key: check_value(value, hints.get(key, Any), key) for key, value in data.items()}
+    return HfArgumentParser(cls).parse_dict(checked)[0]
 
 
 def _train_rm(args: argparse.Namespace) -> int:
-    def go(args: argparse.Namespace) -> int:
-        from metapo.prefmodels.trainer import RewardModelConfig, train_reward_model
+    from metapo.prefmodels.trainer import RewardModelConfig, train_reward_model
 
-        data = _settings(args.config, args.overrides)
-        data.setdefault("output_dir", "runs/rm")
-        config = _build(RewardModelConfig, data, "train-rm config")
-        out = train_reward_model(config, resume=args.resume)
-        print(f"saved {config.kind} model to {out}")
-        return 0
-
-    return _run(go, args)
+    data = _settings(args.config, args.overrides)
+    data.setdefault("output_dir", "runs/rm")
+    config = _build(RewardModelConfig, data)
+    out = train_reward_model(config, resume=args.resume)
+    print(f"saved {config.kind} model to {out}")
+    return 0
 
 
 def _parse_direction(text: str | None) -> list[float] | None:
@@ -129,70 +119,69 @@ def _parse_direction(text: str | None) -> list[float] | None:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise CommandError(f"--direction {text!r}: give comma-separated numbers such as 1,0") from None
+        raise ValueError(f"--direction {text!r}: give comma-separated numbers such as 1,0") from None
 
 
 def _score_rm(args: argparse.Namespace) -> int:
-    def go(args: argparse.Namespace) -> int:
-        from metapo.prefmodels.scorer import RewardModel
+    if not args.model.is_dir():
+        raise ValueError(f"--model {args.model} is not a directory written by `metapo train-rm`")
+    direction = _parse_direction(args.direction)
+    from metapo.prefmodels.scorer import RewardModel
 
-        if not args.model.is_dir():
-            raise CommandError(f"--model {args.model} is not a directory written by `metapo train-rm`")
-        model = RewardModel.load(args.model, direction=_parse_direction(args.direction))
-        responses = list(args.responses)
-        prompts = [args.prompt] * len(responses)
-        result: dict[str, Any] = {"kind": model.spec.kind, "rewards": model.rewards(prompts, responses)}
-        if model.spec.kind == "themis":
-            result["traces"] = [t.to_dict() for t in model.traces(prompts, responses)]
-        result["preference"] = [
-            [None if i == j else model.preference(args.prompt, a, b) for j, b in enumerate(responses)]
-            for i, a in enumerate(responses)
-        ]
-        if args.json:
-            print(json.dumps(result, indent=2, ensure_ascii=False))
-            return 0
-        print(f"{model.spec.kind} model {args.model}")
-        for i, (response, reward) in enumerate(zip(responses, result["rewards"], strict=True)):
-            probs = " ".join("  -  " if p is None else f"{p:.3f}" for p in result["preference"][i])
-            print(f"[{i}] reward {reward:+.4f}  P(beats j): {probs}  {response[:60]!r}")
-        for i, trace in enumerate(result.get("traces", [])):
-            print(f"[{i}] trace: {json.dumps(trace, ensure_ascii=False)}")
+    model = RewardModel.load(args.model, direction=direction)
+    responses = list(args.responses)
+    prompts = [args.prompt] * len(responses)
+    result: dict[str, Any] = {"kind": model.spec.kind, "rewards": model.rewards(prompts, responses)}
+    if model.spec.kind == "themis":
+        result["traces"] = [t.to_dict() for t in model.traces(prompts, responses)]
+    matrix = model.preference_matrix(args.prompt, responses)
+    result["preference"] = [
+        [None if i == j else float(matrix[i, j]) for j in range(len(responses))]
+        for i in range(len(responses))
+    ]
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
-
-    return _run(go, args)
+    print(f"{model.spec.kind} model {args.model}")
+    for i, (response, reward) in enumerate(zip(responses, result["rewards"], strict=True)):
+        probs = " ".join("  -  " if p is None else f"{p:.3f}" for p in result["preference"][i])
+        print(f"[{i}] reward {reward:+.4f}  P(beats j): {probs}  {response[:60]!r}")
+    for i, trace in enumerate(result.get("traces", [])):
+        print(f"[{i}] trace: {json.dumps(trace, ensure_ascii=False)}")
+    return 0
 
 
 def _dpa_rsft(args: argparse.Namespace) -> int:
-    def go(args: argparse.Namespace) -> int:
-        from metapo.prefmodels.data import load_rows
-        from metapo.prefmodels.dpa import RSFTConfig, run_rsft
-        from metapo.prefmodels.scorer import RewardModel
+    from metapo.prefmodels.dpa import RSFTConfig
 
-        config = _build(RSFTConfig, _settings(args.config, args.overrides), "dpa-rsft config")
-        if not config.reward_model:
-            raise CommandError("set reward_model: a vector model saved by `metapo train-rm` (kind: vector)")
-        scorer = RewardModel.load(config.reward_model)
-        if scorer.spec.kind != "vector":
-            raise CommandError(
-                f"reward_model {config.reward_model} is a {scorer.spec.kind} model; DPA needs vector"
-            )
-        source = "builtin:ratings" if config.prompts == "builtin" else config.prompts
-        prompts = list(dict.fromkeys(row["prompt"] for row in load_rows(source)))
-        out = run_rsft(config, scorer, scorer.spec.attributes, prompts)
-        print(f"final policy: {out}")
-        return 0
+    config = _build(RSFTConfig, _settings(args.config, args.overrides))
+    if not config.reward_model:
+        raise ValueError("set reward_model: a vector model saved by `metapo train-rm` (kind: vector)")
+    if not Path(config.reward_model).is_dir():
+        raise ValueError(
+            f"reward_model {config.reward_model} is not a directory written by `metapo train-rm`"
+        )
+    from metapo.prefmodels.data import load_rows
+    from metapo.prefmodels.dpa import run_rsft
+    from metapo.prefmodels.scorer import RewardModel
 
-    return _run(go, args)
+    scorer = RewardModel.load(config.reward_model)
+    if scorer.spec.kind != "vector":
+        raise ValueError(
+            f"reward_model {config.reward_model} is a {scorer.spec.kind} model; DPA needs a vector one"
+        )
+    source = "builtin:ratings" if config.prompts == "builtin" else config.prompts
+    prompts = list(dict.fromkeys(row["prompt"] for row in load_rows(source)))
+    out = run_rsft(config, scorer, scorer.spec.attributes, prompts)
+    print(f"final policy: {out}")
+    return 0
 
 
 def _sft_recipe(args: argparse.Namespace) -> int:
-    def go(args: argparse.Namespace) -> int:
-        from metapo.train.sft_recipe import RecipeConfig, run_recipe
+    from metapo.train.sft_recipe import RecipeConfig, run_recipe
 
-        config = _build(RecipeConfig, _settings(args.config, args.overrides), "sft-recipe config")
-        report = run_recipe(config)
-        print(json.dumps({"arms": report["arms"], "delta": report["delta"]}, indent=2))
-        print(f"wrote {Path(config.output_dir) / 'report.json'}")
-        return 0
-
-    return _run(go, args)
+    config = _build(RecipeConfig, _settings(args.config, args.overrides))
+    report = run_recipe(config)
+    print(json.dumps({"arms": report["arms"], "delta": report["delta"]}, indent=2))
+    print(f"wrote {Path(config.output_dir) / 'report.json'}")
+    return 0
