@@ -66,6 +66,11 @@ CASES: dict[str, tuple[str, str]] = {
     "build-pref-alias-bomb": ("build-pref rso --config {bomb}", "aliases expand to more than"),
     "build-pref-bad-option": ("build-pref rso options.beta=abc", "options.beta='abc' is not valid"),
     "build-pref-no-method": ("build-pref", "the following arguments are required: METHOD"),
+    # train-online
+    "online-config-missing": ("train-online --config {missing}", "config file {missing} does not exist"),
+    "online-config-is-dir": ("train-online --config {dir}", "config file {dir} is a directory"),
+    "online-bad-rounds": ("train-online rounds=abc", "rounds='abc' is not valid"),
+    "online-unknown-method": ("train-online method=nope", "unknown online method 'nope'"),
     # rubric
     "rubric-show-unknown-version": ("rubric show {run} --version 99", "has no version 99; available: [0, 1]"),
     "rubric-show-unknown-lineage": ("rubric show {run} --lineage nope", "no rubric lineage 'nope'"),
