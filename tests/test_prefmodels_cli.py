@@ -72,23 +72,3 @@ def test_bad_input_is_one_line_naming_the_culprit(argv: list[str], culprit: str,
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and culprit in errors[0] and "Traceback" not in err
-
-
-@pytest.mark.parametrize(
-    ("name", "dataclass_path"),
-    [
-        ("rm_gpm.yaml", "metapo.prefmodels.trainer:RewardModelConfig"),
-        ("rm_themis.yaml", "metapo.prefmodels.trainer:RewardModelConfig"),
-        ("rm_vector.yaml", "metapo.prefmodels.trainer:RewardModelConfig"),
-        ("dpa_rsft.yaml", "metapo.prefmodels.dpa:RSFTConfig"),
-        ("sft_recipe.yaml", "metapo.train.sft_recipe:RecipeConfig"),
-    ],
-)
-def test_example_configs_parse(name: str, dataclass_path: str) -> None:
-    import importlib
-
-    from metapo.prefmodels.cli import _build, _settings
-
-    module, cls = dataclass_path.split(":")
-    config = _build(getattr(importlib.import_module(module), cls), _settings(EXAMPLES / name, []))
-    assert config is not None

@@ -70,26 +70,30 @@ def register(subparsers: Any) -> None:
     recipe.set_defaults(handler=_sft_recipe)
 
 
-def _settings(config: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """A YAML mapping merged with ``key=value`` overrides (dotted keys reach into mappings)."""
-    from metapo.config import deep_merge, load_yaml, parse_overrides
+def load_config(
+    cls: type, config: Path | None, overrides: Sequence[str] = (), defaults: dict[str, Any] | None = None
+) -> Any:
+    """Settings dataclass ``cls`` from a YAML file and ``key=value`` overrides (dotted keys reach into mappings).
 
-    data = load_yaml(config) if config is not None else {}
-    return deep_merge(data, parse_overrides(list(overrides)))
+    Every value is checked against its field's type before the dataclass is built.
 
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    """The settings dataclass from ``data``, every value checked against its field's type first.
+    Args:
+        cls: The settings dataclass (a ``TrainingArguments`` subclass is built by ``HfArgumentParser``).
+        config: YAML file with the dataclass's fields, or ``None``.
+        overrides: Override tokens such as ``learning_rate=1e-4``.
+        defaults: Values used where neither the file nor the overrides set the key.
 
     Raises:
-        ValueError: An unknown key, or a value of the wrong type, naming the key.
+        ValueError: An unreadable file, an unknown key, or a value of the wrong type, naming the key.
     """
     import dataclasses
     import typing
 
-    from transformers import HfArgumentParser, TrainingArguments
+    from metapo.config import ConfigError, check_value, deep_merge, from_dict, load_yaml, parse_overrides
 
-    from metapo.config import ConfigError, check_value, from_dict
+    data = deep_merge(load_yaml(config) if config is not None else {}, parse_overrides(list(overrides)))
+    data = {**(defaults or {}), **data}
+    from transformers import HfArgumentParser, TrainingArguments
 
     if not issubclass(cls, TrainingArguments):
         return from_dict(cls, data)
@@ -105,9 +109,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 def _train_rm(args: argparse.Namespace) -> int:
     from metapo.prefmodels.trainer import RewardModelConfig, train_reward_model
 
-    data = _settings(args.config, args.overrides)
-    data.setdefault("output_dir", "runs/rm")
-    config = _build(RewardModelConfig, data)
+    config = load_config(RewardModelConfig, args.config, args.overrides, defaults={"output_dir": "runs/rm"})
     out = train_reward_model(config, resume=args.resume)
     print(f"saved {config.kind} model to {out}")
     return 0
@@ -154,7 +156,7 @@ def _score_rm(args: argparse.Namespace) -> int:
 def _dpa_rsft(args: argparse.Namespace) -> int:
     from metapo.prefmodels.dpa import RSFTConfig
 
-    config = _build(RSFTConfig, _settings(args.config, args.overrides))
+    config = load_config(RSFTConfig, args.config, args.overrides)
     if not config.reward_model:
         raise ValueError("set reward_model: a vector model saved by `metapo train-rm` (kind: vector)")
     if not Path(config.reward_model).is_dir():
@@ -180,7 +182,7 @@ def _dpa_rsft(args: argparse.Namespace) -> int:
 def _sft_recipe(args: argparse.Namespace) -> int:
     from metapo.train.sft_recipe import RecipeConfig, run_recipe
 
-    config = _build(RecipeConfig, _settings(args.config, args.overrides))
+    config = load_config(RecipeConfig, args.config, args.overrides)
     report = run_recipe(config)
     print(json.dumps({"arms": report["arms"], "delta": report["delta"]}, indent=2))
     print(f"wrote {Path(config.output_dir) / 'report.json'}")
