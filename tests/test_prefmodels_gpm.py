@@ -122,7 +122,7 @@ def test_gpm_trainer_learns_rock_paper_scissors(tiny_model_dir: Path, tmp_path: 
     )
     saved = train_reward_model(config, rows)
     model = RewardModel.load(saved)
-    names = ["Rock.", "Paper.", "Scissors."]
+    names = ["Paper.", "Rock.", "Scissors."]
     probs = [model.preference("Pick one.", names[w], names[lo]) for w, lo in CYCLE]
     np.testing.assert_allclose(probs, Q, atol=0.03)
     reverse = model.preference("Pick one.", names[1], names[0])

@@ -44,7 +44,7 @@ def cyclic_pairs(q: float = 0.8, repeats: int = 5) -> list[dict[str, Any]]:
     Each ordered pair appears ``repeats`` times, its winner first in a ``round(q·repeats)`` of them.
     """
     wins = round(q * repeats)
-    responses = {"A": "Rock.", "B": "Paper.", "C": "Scissors."}
+    responses = {"A": "Paper.", "B": "Rock.", "C": "Scissors."}  # paper beats rock beats scissors
     rows = []
     for winner, loser in (("A", "B"), ("B", "C"), ("C", "A")):
         for i in range(repeats):
