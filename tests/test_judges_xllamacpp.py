@@ -128,9 +128,7 @@ def test_parallel_slots_serve_concurrent_calls(backend):
 
 def test_served_over_http_gives_the_same_reading(backend):
     with start_server(backend, port=0, model_id="smollm2", close_backend=False) as server:
-        remote = JudgeClient(
-            OpenAIHTTPBackend([server.url]), model_id="smollm2", max_attempts=1, min_logprob_mass=0.05
-        )
+        remote = JudgeClient(OpenAIHTTPBackend([server.url]), model_id="smollm2", max_attempts=1, min_logprob_mass=0.05)
 
         async def remote_reading():
             try:

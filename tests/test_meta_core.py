@@ -40,17 +40,13 @@ V1 = Rubric(
 
 
 def _rubric_json(*titles: str) -> dict[str, Any]:
-    return {
-        "items": [{"title": t, "description": f"About {t}.", "min_score": 0, "max_score": 5} for t in titles]
-    }
+    return {"items": [{"title": t, "description": f"About {t}.", "min_score": 0, "max_score": 5} for t in titles]}
 
 
 class RecordingMetaJudge:
     """Answers analyses with a fixed text and rubric requests with ``rubrics`` in turn; records every prompt."""
 
-    def __init__(
-        self, rubrics: list[dict[str, Any]] | None = None, guidelines: str = "Check each step."
-    ) -> None:
+    def __init__(self, rubrics: list[dict[str, Any]] | None = None, guidelines: str = "Check each step.") -> None:
         self.rubrics = list(rubrics or [_rubric_json("Clarity")])
         self.guidelines = guidelines
         self.prompts: list[str] = []
@@ -95,11 +91,7 @@ def test_a_sample_is_shown_against_the_version_that_scored_it() -> None:
     new = _sample(2, 1, {"clarity": 7.0, "padding": -2.0}, 0.69)
     recorder = RecordingMetaJudge()
     outcome = _run(
-        MetaJudge(recorder, MetaConfig(samples=2, max_items=4)),
-        V1,
-        [old, new],
-        version=1,
-        scored_under={0: V0, 1: V1},
+        MetaJudge(recorder, MetaConfig(samples=2, max_items=4)), V1, [old, new], version=1, scored_under={0: V0, 1: V1}
     )
     assert outcome.accepted and outcome.window_versions == {"0": 1, "1": 1}
     shown_old = next(p for p in recorder.prompts if "Response number 1." in p)
@@ -128,9 +120,7 @@ def test_the_controller_hands_each_version_to_the_meta_step(tmp_path: Path) -> N
     recorder = RecordingMetaJudge()
     config = MetaConfig(interval=1, samples=5, blocking=True, max_items=4)
     controller = MetaPolicyOptimizationCallback(MetaJudge(recorder, config), active, config, tmp_path)
-    controller.record(
-        [_sample(1, 0, {"quality": 4.0}, 0.8), _sample(2, 1, {"clarity": 2.0, "padding": -1.0}, 0.4)]
-    )
+    controller.record([_sample(1, 0, {"quality": 4.0}, 0.8), _sample(2, 1, {"clarity": 2.0, "padding": -1.0}, 0.4)])
     controller.on_step_end(SimpleNamespace(), SimpleNamespace(global_step=1, max_steps=10), SimpleNamespace())
     assert any("- Quality: 4 of 0..5" in p and "version 0" in p for p in recorder.prompts)
     log = json.loads((tmp_path / "meta" / "step-000001-default.json").read_text())
@@ -164,10 +154,7 @@ def test_math_cases_show_reference_plan_execution_and_route() -> None:
     judge = MetaJudge(recorder, MetaConfig(mode="guidelines"), reference_column="solution")
     rubric = Rubric.single("Correctness", "Check whether the solution is correct.")
     outcome = _run(judge, rubric, window)
-    assert (
-        outcome.accepted
-        and outcome.rubric.items[0].description == "Check that the factorisation is verified."
-    )
+    assert outcome.accepted and outcome.rubric.items[0].description == "Check that the factorisation is verified."
     analysis = recorder.prompts[0]
     for sid in outcome.selected:
         i = sid[1:]
@@ -178,12 +165,8 @@ def test_math_cases_show_reference_plan_execution_and_route() -> None:
     assert "Now write the improved guidelines" in recorder.prompts[1]
 
     everything = RecordingMetaJudge()
-    all_cases = MetaJudge(
-        everything, MetaConfig(mode="guidelines", guideline_cases="all"), reference_column="solution"
-    )
-    outcome = _run(
-        all_cases, rubric, [_math(20, 1.0, "answer"), _math(21, 0.0, "judge", gate="thin_reasoning")]
-    )
+    all_cases = MetaJudge(everything, MetaConfig(mode="guidelines", guideline_cases="all"), reference_column="solution")
+    outcome = _run(all_cases, rubric, [_math(20, 1.0, "answer"), _math(21, 0.0, "judge", gate="thin_reasoning")])
     assert set(outcome.selected) == {"m20", "m21"}
     assert "the exact answer check, not the grader" in everything.prompts[0]
     assert "a rule gate decided the score instead of the grader: thin_reasoning" in everything.prompts[0]
@@ -248,9 +231,7 @@ def test_a_json_answer_cut_at_max_tokens_is_reported_not_retried(tmp_path: Path)
         return answer
 
     with ScriptedJudge(handler=handler) as server:
-        client = JudgeClient(
-            OpenAIHTTPBackend([server.url]), model_id="m", max_attempts=3, backoff_base_s=0.01
-        )
+        client = JudgeClient(OpenAIHTTPBackend([server.url]), model_id="m", max_attempts=3, backoff_base_s=0.01)
         outcome = _run(MetaJudge(client, MetaConfig(samples=1)), V0, [_sample(1, 0, {"quality": 1.0}, 0.2)])
         rubric_requests = [b for b in server.requests if b.get("response_format")]
     assert not outcome.accepted and "truncated at max_tokens" in outcome.reason
@@ -266,9 +247,7 @@ def _controller(tmp_path: Path, recorder: Any, config: MetaConfig) -> tuple[Any,
 
 def _step(controller: Any, step: int) -> None:
     controller.record([_sample(step, 0, {"quality": 1.0}, 0.2)])
-    controller.on_step_end(
-        SimpleNamespace(), SimpleNamespace(global_step=step, max_steps=99), SimpleNamespace()
-    )
+    controller.on_step_end(SimpleNamespace(), SimpleNamespace(global_step=step, max_steps=99), SimpleNamespace())
 
 
 def test_more_than_twelve_items_are_stored_when_the_meta_step_allows_them(tmp_path: Path) -> None:
@@ -381,11 +360,7 @@ def test_failed_analyses_are_counted_not_fatal() -> None:
                 raise JudgeError("judge down for this one")
             return await super().chat(request)
 
-    outcome = _run(
-        MetaJudge(HalfBroken(), MetaConfig(samples=2)),
-        V0,
-        [_sample(i, 0, {"quality": 1.0}, 0.2) for i in range(2)],
-    )
+    outcome = _run(MetaJudge(HalfBroken(), MetaConfig(samples=2)), V0, [_sample(i, 0, {"quality": 1.0}, 0.2) for i in range(2)])
     assert outcome.accepted and len(outcome.refinements) == 1
 
 

@@ -167,9 +167,7 @@ def test_an_unchanged_rubric_makes_no_new_version(tiny_model_dir: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_the_interval_counts_rollout_batches_not_optimizer_steps(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_the_interval_counts_rollout_batches_not_optimizer_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
     # TRL generates every steps_per_generation x num_iterations = 4 optimizer steps here (one generation
     # round serves four updates), so interval=1 means a meta step after the rounds of steps 1 and 5 only.
     with ScriptedJudge() as judge, ScriptedJudge(handler=_fresh_rubrics()) as meta:

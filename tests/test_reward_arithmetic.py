@@ -144,11 +144,7 @@ def test_wide_and_deduction_items_keep_their_points(scorer: Any, tmp_path: Any) 
     assert "0 to 20 points" in prompts["json"] and "0 to 9" not in prompts["json"]
     deduction = next(m for kind, m, _ in judge.asked if kind == "digits")
     shown = " ".join(m["content"] for m in deduction)
-    assert (
-        "deducted" in shown
-        and "-5" not in shown
-        and (0, 5) in [r for k, _, r in judge.asked if k == "digits"]
-    )
+    assert "deducted" in shown and "-5" not in shown and (0, 5) in [r for k, _, r in judge.asked if k == "digits"]
 
 
 # ----- gates -----------------------------------------------------------------------------------------------
@@ -156,9 +152,7 @@ def test_missing_eos_subtracts_from_the_judges_score(tmp_path: Any) -> None:
     rubric = Rubric((_item("quality", 0, 5),))
     judge = StubJudge({"a rich but unfinished essay": 4.0, "a poor unfinished essay": 1.0})
     reward, seen = _reward(rubric, judge, tmp_path, gates=(RequireEOS(-0.2),))
-    good, poor = _call(
-        reward, ["a rich but unfinished essay", "a poor unfinished essay"], ids=[[5, 6], [5, 6]]
-    )
+    good, poor = _call(reward, ["a rich but unfinished essay", "a poor unfinished essay"], ids=[[5, 6], [5, 6]])
     assert good == pytest.approx(4 / 5 - 0.2) and poor == pytest.approx(1 / 5 - 0.2)
     assert seen[0].adjustments == {"missing_eos": -0.2} and seen[0].gate is None
     assert seen[0].item_scores == {"quality": 4.0}  # the judge still read the truncated text

@@ -124,9 +124,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             "mpo/meta_accepted": float(self.accepted),
             "mpo/meta_rejected": float(self.rejected),
             "mpo/meta_unchanged": float(self.unchanged),
-            "mpo/meta_running": float(
-                (self._job is not None and not self._job.done()) or self._remote_running
-            ),
+            "mpo/meta_running": float((self._job is not None and not self._job.done()) or self._remote_running),
             "mpo/lineages": float(len(versions)),
             "mpo/rollouts": float(self.rollouts),
         }
@@ -281,9 +279,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 log.exception("rubric %s: the meta step's rubric could not be stored", outcome.lineage)
                 self.rejected += 1
                 outcome.accepted, outcome.reason = False, f"not stored: {type(exc).__name__}: {exc}"
-                self._log_outcome(
-                    outcome.to_dict() | {"parent_version": self.rubrics.get(outcome.lineage).version}
-                )
+                self._log_outcome(outcome.to_dict() | {"parent_version": self.rubrics.get(outcome.lineage).version})
 
     def _apply(self, outcome: MetaOutcome) -> None:
         current = self.rubrics.get(outcome.lineage)
@@ -359,9 +355,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         payload: list[Any] = [None]
         if dist.get_rank() == 0:
             versions = self.rubrics.versions()
-            changed = [
-                self.rubrics.get(k).to_dict() for k, v in versions.items() if self._broadcast.get(k) != v
-            ]
+            changed = [self.rubrics.get(k).to_dict() for k, v in versions.items() if self._broadcast.get(k) != v]
             self._broadcast = versions
             running = self._job is not None and not self._job.done()
             counters = [self.meta_steps, self.accepted, self.rejected, self.unchanged, running]

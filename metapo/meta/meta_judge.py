@@ -389,7 +389,9 @@ class MetaJudge:
             return select_by_labels(pool, out.labels, k, rng)
         return select_random(window, k, rng)
 
-    async def _prescreen(self, rubric: Rubric, pool: Sequence[ScoredSample], shown: _Shown) -> dict[str, str]:
+    async def _prescreen(
+        self, rubric: Rubric, pool: Sequence[ScoredSample], shown: _Shown
+    ) -> dict[str, str]:
         async def label(sample: ScoredSample) -> tuple[str, str]:
             text = prompts.prescreen_prompt(self.task, shown.block(sample), rubric)
             answer, _ = await self.judge.chat_json(self._messages(text), prompts.PRESCREEN_SCHEMA, 16)

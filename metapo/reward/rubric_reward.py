@@ -28,7 +28,6 @@ _TRL_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "comp
 class JudgeUnavailableError(RuntimeError):
     """Too many samples could not be scored: the judge looks down, so training stops (on every process)."""
 
-
 #: Share of judge inputs cut short above which a warning says the task's text limits are too small.
 TRUNCATION_WARN_RATE = 0.05
 
@@ -97,9 +96,7 @@ class RubricRewardConfig:
             raise ValueError(f"reward.reward_scale={self.reward_scale!r}; choose normalized or raw")
         if self.item_weighting not in ("points", "equal"):
             raise ValueError(f"reward.item_weighting={self.item_weighting!r}; choose points or equal")
-        if (
-            self.max_judge_chars is not None and self.max_judge_chars < 1
-        ) or self.max_consecutive_failures < 1:
+        if (self.max_judge_chars is not None and self.max_judge_chars < 1) or self.max_consecutive_failures < 1:
             raise ValueError("reward.max_judge_chars and reward.max_consecutive_failures must be >= 1")
         if not 0.0 < self.max_missing_rate <= 1.0 or self.missing_window < 1:
             raise ValueError("reward.max_missing_rate must be in (0, 1] and reward.missing_window >= 1")
@@ -317,7 +314,9 @@ class RubricReward:
             sample.item_scores, sample.rationales = scores.points, scores.rationales
             if scores.extra:
                 sample.columns["judge_feedback"] = scores.extra
-            sample.adjustments = {g.gate: self.to_scale(rubric, g.reward, additive=True) for g in additive}
+            sample.adjustments = {
+                g.gate: self.to_scale(rubric, g.reward, additive=True) for g in additive
+            }
             sample.reward = reward + sum(sample.adjustments.values())
         except JudgeError as exc:
             sample.error = str(exc)

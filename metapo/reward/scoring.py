@@ -106,12 +106,7 @@ class Question:
     def schema(self) -> dict[str, Any]:
         """JSON schema of an ``integer`` answer."""
         bounded = {"type": "integer", "minimum": self.lo, "maximum": self.hi}
-        return {
-            "type": "object",
-            "properties": {"score": bounded},
-            "required": ["score"],
-            "additionalProperties": False,
-        }
+        return {"type": "object", "properties": {"score": bounded}, "required": ["score"], "additionalProperties": False}
 
     async def answer(self, judge: Any, messages: list[dict[str, str]]) -> float:
         """Ask ``judge`` (``messages`` end with a user turn holding :meth:`ask`); the item's points."""
