@@ -43,7 +43,7 @@ def test_train_then_score_from_the_command_line(tiny_model_dir: Path, tmp_path: 
     [
         (["train-rm", "kind=banana"], "kind='banana'"),
         (["train-rm", "gpm_dim=3", "kind=gpm"], "gpm_dim"),
-        (["train-rm", "no_such_setting=1"], "no_such_setting"),
+        (["train-rm", "no_such_setting=1"], "unknown setting(s) no_such_setting"),
         (["train-rm", "--config", "/nonexistent/rm.yaml"], "/nonexistent/rm.yaml"),
         (["score-rm", "--model", "/nonexistent", "--prompt", "p", "--responses", "a"], "/nonexistent"),
         (["dpa-rsft", "rounds=0"], "rounds"),
