@@ -36,6 +36,10 @@ def test_train_then_score_from_the_command_line(tiny_model_dir: Path, tmp_path: 
     assert result["kind"] == "gpm" and len(result["rewards"]) == 2
     p = result["preference"]
     assert p[0][1] + p[1][0] == pytest.approx(1.0, abs=1e-6) and p[0][0] is None
+    # DPA needs a vector model: a GPM is refused in one line, before anything runs.
+    assert main(["dpa-rsft", f"reward_model={out}", f"output_dir={tmp_path / 'dpa'}"]) == 2
+    assert "is a gpm model; DPA needs a vector one" in capsys.readouterr().err
+    assert not (tmp_path / "dpa").exists()
 
 
 @pytest.mark.parametrize(

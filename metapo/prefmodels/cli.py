@@ -165,13 +165,13 @@ def _dpa_rsft(args: argparse.Namespace) -> int:
         )
     from metapo.prefmodels.data import load_rows
     from metapo.prefmodels.dpa import run_rsft
+    from metapo.prefmodels.model import HeadSpec
     from metapo.prefmodels.scorer import RewardModel
 
+    kind = HeadSpec.load(Path(config.reward_model)).kind  # before the weights load
+    if kind != "vector":
+        raise ValueError(f"reward_model {config.reward_model} is a {kind} model; DPA needs a vector one")
     scorer = RewardModel.load(config.reward_model)
-    if scorer.spec.kind != "vector":
-        raise ValueError(
-            f"reward_model {config.reward_model} is a {scorer.spec.kind} model; DPA needs a vector one"
-        )
     source = "builtin:ratings" if config.prompts == "builtin" else config.prompts
     prompts = list(dict.fromkeys(row["prompt"] for row in load_rows(source)))
     out = run_rsft(config, scorer, scorer.spec.attributes, prompts)
