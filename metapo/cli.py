@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "metapo.report.cli",
     "metapo.judges.cli",
     "metapo.models.cli",
+    "metapo.prefmodels.cli",
 )
 
 

@@ -46,3 +46,28 @@ def test_the_custom_task_example_loads() -> None:
 
     task = get_task(str(EXAMPLES / "task_custom.yaml"))
     assert task.initial_rubric().items and task.instruction
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("rm_*.yaml")), ids=lambda p: p.name)
+def test_reward_model_examples_load(path: Path) -> None:
+    from metapo.prefmodels.cli import load_config
+    from metapo.prefmodels.trainer import RewardModelConfig
+
+    config = load_config(RewardModelConfig, path)
+    assert config.kind == path.stem.removeprefix("rm_") and config.dataset_name
+
+
+def test_the_dpa_example_loads() -> None:
+    from metapo.prefmodels.cli import load_config
+    from metapo.prefmodels.dpa import RSFTConfig
+
+    config = load_config(RSFTConfig, EXAMPLES / "dpa_rsft.yaml")
+    assert config.reward_model and config.rounds == 2 and config.sft["learning_rate"] == 1e-4
+
+
+def test_the_sft_recipe_example_loads() -> None:
+    from metapo.prefmodels.cli import load_config
+    from metapo.train.sft_recipe import RecipeConfig
+
+    config = load_config(RecipeConfig, EXAMPLES / "sft_recipe.yaml")
+    assert config.lr_divisor == 4 and config.divergence == "reverse_kl" and config.dpo["objective"] == "dpo"

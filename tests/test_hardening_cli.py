@@ -124,6 +124,23 @@ CASES: dict[str, tuple[str, str]] = {
     "demo-bad-override": ("demo --preset quick mpo.interval=ten", "mpo.interval='ten' is not valid"),
     "tasks-unknown-option": ("tasks --verbose", "unrecognized arguments: --verbose"),
     "objectives-bad-format": ("objectives --format yaml", "invalid choice: 'yaml'"),
+    # reward and preference models
+    "train-rm-config-is-dir": ("train-rm --config {dir}", "config file {dir} is a directory"),
+    "train-rm-config-is-binary": ("train-rm --config {binary}", "is not UTF-8 text"),
+    "train-rm-bad-value": ("train-rm learning_rate=abc", "learning_rate='abc' is not valid"),
+    "train-rm-dataset-missing": (
+        "train-rm model_name_or_path=tiny dataset_name={missing}.jsonl output_dir={dir}/rm",
+        "{missing}.jsonl does not exist",
+    ),
+    "score-rm-model-is-file": (
+        "score-rm --model {text} --prompt p --responses a",
+        "--model {text} is not a directory",
+    ),
+    "score-rm-not-a-model": ("score-rm --model {dir} --prompt p --responses a", "holds no metapo_rm.json"),
+    "dpa-rsft-config-missing": ("dpa-rsft --config {missing}", "config file {missing} does not exist"),
+    "dpa-rsft-no-reward-model": ("dpa-rsft output_dir={dir}/dpa", "set reward_model"),
+    "sft-recipe-bad-value": ("sft-recipe lr_divisor=abc", "lr_divisor='abc' is not valid"),
+    "sft-recipe-alias-bomb": ("sft-recipe --config {bomb}", "aliases expand to more than"),
 }
 
 

@@ -637,6 +637,8 @@ def _inputs_for(name: str) -> tuple[dict[str, torch.Tensor], list[tuple[str, flo
     other = key.replace("chosen", "rejected")
     if other not in inputs:  # RPO keeps the summed log-probs for the pair and tokens only for the NLL
         other = "policy_rejected_logps"
+    if other not in inputs:  # SFT objectives (implicit_sft) have no rejected response
+        return inputs, [(key, -1.0)]
     return inputs, [(key, -1.0), (other, 1.0)]
 
 
@@ -663,7 +665,7 @@ def test_gradient_signs(name):
 def test_registry_metadata_complete():
     expected = {
         "dpo", "ipo", "cdpo", "hinge", "robust_dpo", "ld_dpo", "rpo", "simpo", "triple_po", "modpo",
-        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "upo",
+        "rationale_dpo", "vpo", "hypo", "fspo", "spo_selfsup", "sparse_po", "pro", "tree_po", "upo", "implicit_sft",
         "online_dpo", "online_ipo", "egpo", "inpo", "sppo", "gpo", "apo", "xpo", "nash_mp",
     }  # fmt: skip
     assert set(REGISTRY) == expected

@@ -17,6 +17,7 @@ from .base import (
     sequence_logps,
 )
 from .fewshot import build_user_contexts, format_fewshot_prompt
+from .implicit import implicit_sft
 from .listwise import adaptive_step_weights, lambda_weights, pro, tree_po
 from .nash import apo, extrapolate, geometric_mixture, inpo, nash_mp, online_ipo, sppo, xpo
 from .pairwise import (
@@ -59,6 +60,7 @@ __all__ = [
     "get_objective",
     "hinge",
     "hypo",
+    "implicit_sft",
     "inpo",
     "ipo",
     "lambda_weights",

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .base import ObjectiveOutput
+from .implicit import implicit_sft
 from .listwise import pro, tree_po
 from .nash import apo, inpo, nash_mp, online_ipo, sppo, xpo
 from .pairwise import (
@@ -358,6 +359,17 @@ _SPECS = (
         True,
         "LambdaRank over list rewards with adaptive step weights",
         columns=("scores",),
+    ),
+    ObjectiveSpec(
+        "implicit_sft",
+        implicit_sft,
+        "Implicit Reward as the Bridge: A Unified View of SFT and DPO Connections",
+        "2507.00018",
+        "R",
+        "pair",
+        lambda hp: hp.get("divergence", "reverse_kl") != "reverse_kl",
+        "SFT on the chosen responses via an f-divergence implicit reward; reverse_kl = plain SFT",
+        trl="SFTConfig on the chosen responses (divergence=reverse_kl only)",
     ),
     # Online and self-play methods (`metapo train-online`): the trainer samples the pairs from the current policy,
     # asks a preference oracle, and supplies the earlier-iterate log-probs and preferences as columns.

@@ -50,7 +50,8 @@ class OracleConfig:
         default="pairwise",
         metadata={
             "help": "pairwise (LLM judge, both orders), rubric (LLM judge scores a rubric; Bradley-Terry), "
-            "reward_model (a sequence-classification model; Bradley-Terry) or rule (regex count; smoke runs)."
+            "reward_model (a sequence-classification model, Bradley-Terry; a `metapo train-rm` model as it was "
+            "trained, a GPM with its own preferences) or rule (regex count; smoke runs)."
         },
     )
     judge: JudgeConfig = field(
@@ -156,6 +157,12 @@ def build_oracle(config: OracleConfig, task: Any, run_dir: Path) -> PreferenceOr
     if config.kind == "rule":
         return ScoreOracle(count_matches(config.pattern or ""), config.temperature)
     if config.kind == "reward_model":
+        if (Path(config.reward_model or "") / "metapo_rm.json").is_file():
+            # Saved by `metapo train-rm`: scored as it was trained; a GPM answers with its own (intransitive) P.
+            from metapo.prefmodels.scorer import RewardModel
+
+            model = RewardModel.load(config.reward_model or "")
+            return model if model.spec.kind == "gpm" else ScoreOracle(model, config.temperature)
         from .oracle import RewardModelScore
 
         return ScoreOracle(RewardModelScore(config.reward_model or ""), config.temperature)

@@ -64,6 +64,13 @@ class RunConfig:
         default=None, metadata={"help": "Meta-reward model; empty = reuse the reward judge."}
     )
     reward: RubricRewardConfig = field(default_factory=RubricRewardConfig, metadata={"help": "Scoring."})
+    reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "A model saved by `metapo train-rm`, scored as a second TRL reward function beside the "
+            "rubric reward (weights: training.reward_weights)."
+        },
+    )
     mpo: MetaConfig = field(
         default_factory=MetaConfig, metadata={"help": "Meta Policy Optimization settings."}
     )

@@ -104,7 +104,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train_pref)
 
     objectives = subparsers.add_parser("objectives", help="list the registered preference objectives")
-    objectives.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    objectives.add_argument(
+        "--format",
+        choices=("table", "markdown", "json", "taxonomy"),
+        default="table",
+        help="taxonomy: each objective on the axes of the DPO survey (arXiv 2503.11701), as Markdown",
+    )
     objectives.set_defaults(func=run_list_objectives)
 
 
@@ -342,13 +347,17 @@ def objectives_table(fmt: str = "table") -> str:
     """Render the registry as a text table, a Markdown table or JSON.
 
     Args:
-        fmt: ``"table"``, ``"markdown"`` or ``"json"``.
+        fmt: ``"table"``, ``"markdown"``, ``"json"`` or ``"taxonomy"`` (the DPO survey's axes).
 
     Returns:
         The rendered text.
     """
     from metapo.objectives import list_objectives
 
+    if fmt == "taxonomy":
+        from metapo.objectives.taxonomy import render_markdown
+
+        return render_markdown()
     specs = list_objectives()
     rows = [
         {

@@ -240,6 +240,14 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
             target_modules=cfg.lora.target_modules,
             task_type="CAUSAL_LM",
         )
+    if cfg.reward_model:
+        from metapo.prefmodels.scorer import load_reward_function
+
+        reward_funcs.append(load_reward_function(cfg.reward_model))
+        log.warning(
+            "reward_model is set: TRL sums the reward functions and counts a rubric reward the judge could not "
+            "give as 0, so such a sample gets the reward model's score alone"
+        )
     trainer = trainer_cls(
         model=model_path,
         reward_funcs=reward_funcs,
