@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 # Sized for 2 CPU cores: ~16 s per GRPO step of 4 completions and ~1 s per judge call.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
-        "training": {"max_steps": 16, "max_completion_length": 96},
+        "training": {"max_steps": 16, "max_completion_length": 128},
         "mpo": {
             "interval": 5,
             "samples": 2,
@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "quick": {
-        "training": {"max_steps": 5, "max_completion_length": 80},
+        "training": {"max_steps": 5, "max_completion_length": 128},
         "mpo": {
             "interval": 2,
             "samples": 1,
