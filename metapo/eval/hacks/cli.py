@@ -111,7 +111,8 @@ def _hackbench(args: argparse.Namespace) -> int:
     from metapo.config import from_dict, load_yaml, parse_overrides
     from metapo.eval.hacks.dynamic import DynamicConfig
     from metapo.eval.hacks.run import EMBEDDED_MPO, HackbenchConfig, load_items, write_outputs
-    from metapo.eval.hacks.static import StaticConfig
+    from metapo.eval.hacks.data import families
+    from metapo.eval.hacks.static import StaticConfig, split_families
     from metapo.files import check_output_dir, require_dir
     from metapo.judges import JudgeConfig, build_judge
     from metapo.meta.meta_judge import MetaConfig
@@ -123,9 +124,6 @@ def _hackbench(args: argparse.Namespace) -> int:
     unknown = sorted(set(overrides) - {"mpo", "reward"})
     if unknown:
         raise ValueError(f"override {unknown[0]}=...: only mpo.* and reward.* settings can be overridden here")
-    judge_data, meta_data, judge_name = _judge_configs(args)
-    if args.meta_judge is not None:
-        meta_data = load_yaml(args.meta_judge, "meta judge config")
     mpo_data = {**(EMBEDDED_MPO if args.judge == "embedded" else {}), **overrides.get("mpo", {})}
     cfg = HackbenchConfig(
         tasks=args.task or ["essay"],
@@ -147,7 +145,12 @@ def _hackbench(args: argparse.Namespace) -> int:
     )
     if args.meta_steps < 0 or args.bootstrap < 1 or args.margin < 0:
         raise ValueError("--meta-steps must be >= 0, --bootstrap >= 1 and --margin >= 0")
-    load_items(cfg)  # bad data fails here, before any model loads
+    # Bad data and family names fail here, before any model loads.
+    by_task = load_items(cfg)
+    split_families(families([i for group in by_task.values() for i in group]), cfg.static.window_families)
+    judge_data, meta_data, judge_name = _judge_configs(args)
+    if args.meta_judge is not None:
+        meta_data = load_yaml(args.meta_judge, "meta judge config")
     out = args.out or (args.run_dir / "hackbench" if args.run_dir is not None else Path("hackbench"))
     check_output_dir(out, "--out")
     cache = args.cache or out / "judge-cache.sqlite"
