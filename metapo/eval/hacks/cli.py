@@ -109,9 +109,9 @@ def _judge_configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 
 def _hackbench(args: argparse.Namespace) -> int:
     from metapo.config import from_dict, load_yaml, parse_overrides
+    from metapo.eval.hacks.data import families
     from metapo.eval.hacks.dynamic import DynamicConfig
     from metapo.eval.hacks.run import EMBEDDED_MPO, HackbenchConfig, load_items, write_outputs
-    from metapo.eval.hacks.data import families
     from metapo.eval.hacks.static import StaticConfig, split_families
     from metapo.files import check_output_dir, require_dir
     from metapo.judges import JudgeConfig, build_judge
