@@ -179,6 +179,38 @@ def test_a_meta_step_the_gate_refuses_keeps_the_rubric(scripted: Any) -> None:
     assert step["repair"]["repaired_window"]["value"] == 0.0
 
 
+def test_the_book_scores_each_candidate_once_per_rubric_version(scripted: Any) -> None:
+    from metapo.rubric.model import Rubric
+    from metapo.rubric.store import RubricVersion
+
+    items = items_for_test(2, long_good=0)
+    judge = _client(scripted)
+    book = _book(judge, items)
+    keys = [(i.id, name) for i in items for name in i.candidates()]
+    v0 = RubricVersion(0, "essay", task_setup("essay").initial)
+    strict = Rubric.from_items(
+        [{"title": "Concision", "description": "Short and to the point.", "min_score": 0, "max_score": 9}]
+    )
+    v1 = RubricVersion(1, "essay", strict)
+
+    async def go() -> tuple[Any, ...]:
+        try:
+            first = await book.score({"essay": v0}, keys)
+            calls = scripted.request_count
+            again = await book.score({"essay": v0}, keys)
+            same = scripted.request_count
+            other = await book.score({"essay": v1}, keys)
+            return first, calls, again, same, other, scripted.request_count
+        finally:
+            await judge.aclose()
+
+    first, calls, again, same, other, last = asyncio.run(go())
+    assert calls == len(keys) and same == calls and last == 2 * calls
+    assert {k: s.reward for k, s in again.items()} == {k: s.reward for k, s in first.items()}
+    assert other[("p0", "padding")].reward == 0.0 < first[("p0", "padding")].reward  # 320 words: not concise
+    assert other[("p0", "good")].reward == 1.0 and other[("p0", "good")].rubric_version == 1
+
+
 # ----- dynamic protocol ------------------------------------------------------------------------------------------
 def test_expected_update_is_the_exact_policy_gradient() -> None:
     logits = np.array([0.3, -0.2, 0.1])
@@ -252,6 +284,9 @@ def test_mpo_arm_takes_the_mass_back_from_padding(scripted: Any) -> None:
     fixed, mpo = (result["arms"][a]["runs"][0] for a in ("fixed", "mpo"))
     assert fixed["curve"]["good_mass"][-1] < 0.05
     assert mpo["meta_steps"][0]["accepted"] and mpo["meta_steps"][0]["step"] == 5
+    # Later meta steps read windows scored under v1, v2, ...: each must know the rubric its samples were scored by.
+    assert [m["step"] for m in mpo["meta_steps"]] == [5, 10, 15, 20, 25]
+    assert all(m["accepted"] for m in mpo["meta_steps"]) and mpo["curve"]["version"][-1] == 5
     assert mpo["curve"]["version"][5] == 1 and mpo["curve"]["version"][4] == 0
     assert mpo["curve"]["good_mass"][-1] > 0.9
 

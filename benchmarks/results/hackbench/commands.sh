@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/hackbench
-run() { flock /tmp/metapo-embedded.lock timeout 590 "$PY" -m metapo --log-level WARNING hackbench --judge embedded --no-progress "$@"; }
+run() { flock /tmp/metapo-embedded.lock timeout 590 "$PY" -m metapo.cli --log-level WARNING hackbench --judge embedded --no-progress "$@"; }
 
 # 1. Essay, static protocol, logprob scoring: 4 prompts, all 9 families, one meta step.
 run --task essay --prompts 4 --protocol static --meta-steps 1 --out $OUT/essay-static-logprob mpo.max_items=3
