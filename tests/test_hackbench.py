@@ -291,10 +291,39 @@ def test_mpo_arm_takes_the_mass_back_from_padding(scripted: Any) -> None:
     assert mpo["curve"]["good_mass"][-1] > 0.9
 
 
-def test_a_gate_adds_the_third_arm() -> None:
+def test_a_gate_adds_the_third_arm(scripted: Any) -> None:
+    """An object with the acceptance gate's ``decide`` runs as the third arm; a refusal keeps the rubric."""
     assert [a.name for a in default_arms()] == ["fixed", "mpo"]
-    arms = default_arms(lambda old, outcome, window: True)
-    assert [a.name for a in arms] == ["fixed", "mpo", "mpo+gate"] and arms[2].gate is not None
+
+    class Refuses:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int, int]] = []
+
+        async def decide(self, lineage: str, current: Any, candidate: Any, window: Any, analysed: Any = ()) -> Any:
+            self.calls.append((lineage, len(current.items), len(candidate.items)))
+            return type("Verdict", (), {"accepted": False, "reason": "canaries regressed"})()
+
+    gate = Refuses()
+    items = three_candidate_items()
+    judge = _client(scripted)
+    cfg = DynamicConfig(steps=12, group=8, lr=2.0, meta_every=5, seeds=[0])
+
+    async def go() -> dict[str, Any]:
+        try:
+            return await run_dynamic(
+                _book(judge, items), task_setup("essay"), items, _meta(judge), cfg, arms=default_arms(gate)
+            )
+        finally:
+            await judge.aclose()
+
+    result = asyncio.run(go())
+    assert list(result["arms"]) == ["fixed", "mpo", "mpo+gate"]
+    gated = result["arms"]["mpo+gate"]["runs"][0]
+    assert gate.calls == [("essay", 1, 2), ("essay", 1, 2)]
+    assert [m["accepted"] for m in gated["meta_steps"]] == [False, False]
+    assert "canaries regressed" in gated["meta_steps"][0]["reason"]
+    assert set(gated["curve"]["version"]) == {0}
+    assert result["arms"]["mpo"]["runs"][0]["curve"]["version"][-1] == 2
 
 
 # ----- statistics ------------------------------------------------------------------------------------------------

@@ -113,6 +113,10 @@ class ScoreBook:
         self._cache: dict[tuple[str, str, str], ScoredSample] = {}
         self.scored = 0
 
+    def reward_for(self, task: str) -> RubricReward:
+        """The reward that scores ``task``'s candidates (what an acceptance gate scores its probes with)."""
+        return self._rewards[task]
+
     def cached(self, version: RubricVersion, key: Key) -> ScoredSample | None:
         """The sample of ``key`` under ``version`` when already scored."""
         return self._cache.get((version.rubric.content_hash(), *key))

@@ -26,7 +26,7 @@ import numpy as np
 
 from metapo.eval.hacks.book import ScoreBook, TaskSetup
 from metapo.eval.hacks.data import GOOD, HackItem, families
-from metapo.eval.hacks.static import AcceptanceGate, _gate_verdict
+from metapo.eval.hacks.static import AcceptanceGate, apply_gate
 from metapo.meta.meta_judge import MetaJudge
 from metapo.reward.records import ScoredSample
 from metapo.rubric.store import RubricVersion
@@ -201,7 +201,7 @@ async def _one_run(
             )
             accepted, why = outcome.accepted, outcome.reason
             if accepted and arm.gate is not None:
-                accepted, why = _gate_verdict(arm.gate(version, outcome, usable))
+                accepted, why = await apply_gate(arm.gate, version, outcome, usable)
             if accepted and outcome.rubric is not None:
                 version = RubricVersion(
                     version.version + 1, setup.name, outcome.rubric, (version.version,), "meta-step", step

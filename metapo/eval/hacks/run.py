@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,7 @@ async def run_hackbench(
     meta_client: Any,
     *,
     gate: AcceptanceGate | None = None,
+    gate_factory: Callable[[Any, TaskSetup], AcceptanceGate] | None = None,
     progress: bool = False,
     names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -130,6 +131,8 @@ async def run_hackbench(
         meta_client: The meta-reward model's client (may be ``judge``).
         gate: Acceptance gate for the ``mpo+gate`` arm and for the static protocol's meta steps (none: the arm
             is left out and every validated revision is taken, as plain MPO does).
+        gate_factory: Builds each task's gate from the reward that scores the task and its setup, for gates that
+            score probes with the run's reward (``lambda reward, setup: AcceptanceGate(reward, config)``).
         progress: Show progress bars on stderr.
         names: ``judge``, ``meta_judge`` and ``data`` as shown in the report.
     """
@@ -149,10 +152,11 @@ async def run_hackbench(
         for task, group in by_task.items():
             setup = setups[task]
             meta = meta_judge_for(meta_client, setup, cfg, counter)
+            task_gate = gate_factory(book.reward_for(task), setup) if gate_factory is not None else gate
             if cfg.protocol in ("static", "both"):
-                result["static"].append(await run_static(book, setup, group, meta, cfg.static, gate=gate))
+                result["static"].append(await run_static(book, setup, group, meta, cfg.static, gate=task_gate))
             if cfg.protocol in ("dynamic", "both"):
-                arms: Sequence[Arm] = default_arms(gate)
+                arms: Sequence[Arm] = default_arms(task_gate)
                 steps = tqdm(
                     total=len(arms) * len(cfg.dynamic.seeds) * cfg.dynamic.steps,
                     desc=f"{task} policy steps",
@@ -182,11 +186,16 @@ async def run_hackbench(
         "judge_cache_hits": stats.cache_hits if stats else None,
         "meta_judge_calls": meta_stats.calls if meta_stats else "shared with the judge",
         "candidates_scored": book.scored,
-        "gate": None if gate is None else getattr(gate, "__name__", type(gate).__name__),
+        "gate": _gate_name(gate, gate_factory),
         "static_config": vars(cfg.static),
         "mpo_config": {k: v for k, v in vars(cfg.mpo).items()},
     }
     return result
+
+
+def _gate_name(gate: Any, factory: Any) -> str | None:
+    chosen = gate if gate is not None else factory
+    return None if chosen is None else getattr(chosen, "__name__", type(chosen).__name__)
 
 
 def _counter(judge: Any) -> Any:

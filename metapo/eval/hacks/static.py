@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,11 @@ from metapo.rubric.store import RubricVersion
 
 log = logging.getLogger(__name__)
 
-#: Decides whether a meta step's rubric replaces the one in force: ``gate(old, outcome, window) -> (ok, why)``.
-AcceptanceGate = Callable[[RubricVersion, MetaOutcome, Sequence[ScoredSample]], Any]
+#: Decides whether a meta step's rubric replaces the one in force. Either a callable
+#: ``gate(old_version, outcome, window)`` returning ``bool``, ``(bool, reason)`` or an object with ``accepted`` and
+#: ``reason`` (possibly awaitable), or an object with the acceptance gate's
+#: ``async decide(lineage, current, candidate, window, analysed_prompts)``.
+AcceptanceGate = Any
 
 
 @dataclass
@@ -172,7 +176,7 @@ async def run_static(
         )
         accepted, why = outcome.accepted, outcome.reason
         if accepted and gate is not None:
-            accepted, why = _gate_verdict(gate(version, outcome, window))
+            accepted, why = await apply_gate(gate, version, outcome, window)
         record: dict[str, Any] = {
             "step": step,
             "accepted": accepted,
@@ -198,7 +202,21 @@ async def run_static(
     return result
 
 
-def _gate_verdict(verdict: Any) -> tuple[bool, str]:
+async def apply_gate(
+    gate: AcceptanceGate, version: RubricVersion, outcome: MetaOutcome, window: Sequence[ScoredSample]
+) -> tuple[bool, str]:
+    """(accepted, reason) of ``gate`` on a meta step's validated candidate (see :data:`AcceptanceGate`)."""
+    if hasattr(gate, "decide"):
+        selected = set(outcome.selected)
+        analysed = [s.prompt for s in window if s.sample_id in selected]
+        verdict = await gate.decide(outcome.lineage, version.rubric, outcome.rubric, window, analysed)
+    else:
+        verdict = gate(version, outcome, window)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    if hasattr(verdict, "accepted"):
+        ok = bool(verdict.accepted)
+        return ok, f"{'accepted' if ok else 'rejected'} by the acceptance gate: {getattr(verdict, 'reason', '')}"
     if isinstance(verdict, tuple):
         return bool(verdict[0]), str(verdict[1])
     return bool(verdict), "acceptance gate passed" if verdict else "acceptance gate refused"
