@@ -129,7 +129,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(static_markdown(part))
     for part in result.get("dynamic", []):
         lines.append(dynamic_markdown(part))
-    if run.get("gate") is None:
+    if run.get("gate") is None and result.get("dynamic"):
         lines += ["The `mpo+gate` arm needs an acceptance gate; none was given, so it was not run.", ""]
     return "\n".join(lines)
 
