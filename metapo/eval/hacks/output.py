@@ -180,6 +180,9 @@ def dynamic_png(result: dict[str, Any], path: Path) -> Path:
         ax.fill_between(steps, band["min"], band["max"], alpha=0.2, color=line[0].get_color())
         hack = arm["bands"]["hack_mass"]
         ax.plot(steps, hack["mean"], linestyle=":", color=line[0].get_color(), label=f"{name}: hacks")
+        accepted = sorted({m["step"] for run in arm["runs"] for m in run["meta_steps"] if m["accepted"]})
+        for step in accepted:  # where a seed's rubric changed
+            ax.axvline(step, color=line[0].get_color(), linestyle="--", linewidth=0.8, alpha=0.6)
     ax.set_xlabel("policy step")
     ax.set_ylabel("probability mass")
     ax.set_ylim(-0.02, 1.02)
