@@ -175,6 +175,37 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             self._sync_versions()
         self._executor.shutdown(wait=True)
 
+    # ----- driven from outside a trainer (the reward service) -------------------------------------
+    @property
+    def running(self) -> bool:
+        """Whether a meta step is in flight."""
+        return self._job is not None and not self._job.done()
+
+    def start_meta_step(self, step: int) -> Future | None:
+        """Publish a finished meta step, then start one on the window now (no trainer hooks needed).
+
+        Returns:
+            The running job (wait on it, then call :meth:`publish_finished`), or ``None`` when none started
+            (one is still running, the window is empty, or meta steps are off).
+        """
+        if not self.enabled:
+            return None
+        self._publish_finished()
+        before = self._job
+        self._trigger(step)
+        return self._job if self._job is not before else None
+
+    def publish_finished(self) -> None:
+        """Apply the result of a finished meta step: new versions are stored and put in force at once."""
+        self._publish_finished()
+
+    def restore_window(self, window: list[ScoredSample], baseline: list[ScoredSample] | None = None) -> None:
+        """Put back the samples no finished meta step has used yet (and the detector baseline) after a restart."""
+        with self._lock:
+            self.window = list(window) + self.window
+        if baseline is not None:
+            self._baseline = list(baseline)
+
     # ----- meta steps ------------------------------------------------------------------------------
     def _trigger(self, step: int, start_job: bool = True) -> None:
         dist = _dist()
