@@ -11,7 +11,8 @@ that holds the token) in the workers' environment, or ``metapo_url`` in ``custom
 
 What the service needs travels in ``extra_info`` (verl keeps it per row from the dataset): ``prompt`` (or
 ``task_input``) — the task text the judge sees —, ``lineage`` for per-cluster rubrics, ``ended`` (whether the
-response stopped at EOS), and ``columns`` (any other dataset columns the task reads). ``ground_truth`` is passed as
+response stopped at EOS), and ``columns`` (any other dataset columns the task reads; an object, or JSON text as
+``examples/service/prepare_data.py`` writes it). ``ground_truth`` is passed as
 the column ``ground_truth``.
 
 verl has no per-sample mask for a missing reward, so a judge failure gets ``service.fallback_reward``, counted by
@@ -21,6 +22,7 @@ verl logs with the other reward extras. ``rubric_version`` says which rubric pro
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -48,7 +50,10 @@ def _client(url: str | None, token_env: str | None) -> ServiceClient:
 def request_body(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None) -> dict:
     """The ``/v1/score`` body for one verl sample."""
     info = dict(extra_info or {})
-    columns = dict(info.get("columns") or {})
+    columns = info.get("columns") or {}
+    if isinstance(columns, str):  # parquet keeps rows with differing keys as JSON text
+        columns = json.loads(columns)
+    columns = dict(columns)
     for key in ("lineage", "task_input", "ended"):
         if info.get(key) is not None:
             columns[key] = info[key]
