@@ -89,6 +89,8 @@ def run_in_process(p: dict[str, Any]) -> dict[str, Any]:
 
     with JudgeProcess(p["latency_s"]) as server, tempfile.TemporaryDirectory() as tmp:
         service = RewardService.build(load_serve_config(_config(Path(tmp), server.url, p), []))
+        # As a TRL run wires it: the reward logs each batch and feeds the window itself.
+        service.reward.on_scored = service.controller.record
         warm = _batch(p["concurrency"], "warm")
         prompts, completions = _batch(p["completions"], "timed")
 

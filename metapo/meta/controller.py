@@ -105,10 +105,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         return self.meta_judge is not None and self.config.every > 0
 
     # ----- fed by the reward function --------------------------------------------------------------
-    def record(self, samples: list[ScoredSample]) -> None:
+    def record(self, samples: list[ScoredSample], *, log_samples: bool = True) -> None:
         """Add one rollout batch of scored samples to the window and the run log (the reward calls this once per
-        generation round)."""
-        if self.run_dir is not None:
+        generation round). ``log_samples=False``: the caller has already logged them (the reward service)."""
+        if self.run_dir is not None and log_samples:
             append_jsonl(self.run_dir / self._samples_file, (s.to_dict() for s in samples))
         with self._lock:
             self.rollouts += 1
