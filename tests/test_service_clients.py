@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from metapo.files import read_jsonl
@@ -159,3 +160,25 @@ def test_a_client_waits_out_a_busy_service(tmp_path: Path) -> None:
                 return await asyncio.gather(*(reward(prompts=["p"], completions=["a b c"]) for _ in range(3)))
 
             assert asyncio.run(both()) == [[pytest.approx(3 / 5)]] * 3
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_the_service_and_its_steps_drive_meta_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from metapo.integrations.trl import RemoteRubricReward, RemoteStepCallback
+    from tests.tiny_grpo import tiny_grpo_trainer
+
+    with ScriptedJudge() as judge, ScriptedJudge(handler=fresh_rubrics()) as meta:
+        config = write_config(tmp_path, judge.url, meta.url, mpo={"interval": 2, "samples": 3, "blocking": False})
+        with serve_in_thread(create_app(build_service(config))) as url:
+            reward = RemoteRubricReward(url)
+            trainer = tiny_grpo_trainer(
+                tiny_model_dir, tmp_path, reward, [RemoteStepCallback(url, reward=reward)], max_steps=4
+            )
+            trainer.train()
+            health = httpx.get(url + "/healthz").json()
+            metrics = httpx.get(url + "/metrics").text
+    rows = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert len(rows) == 4 * 4 and {r["step"] for r in rows} == {0, 1, 2, 3}
+    assert health["meta_steps"] == 2  # after steps 2 and 4
+    # Every step reported the versions of the 4 rewards it used: the service counted all 16 for staleness.
+    assert "metapo_reward_staleness_versions_count 16.0" in metrics

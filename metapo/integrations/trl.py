@@ -52,6 +52,12 @@ class RemoteRubricReward:
         self.client = ServiceClient(url, token_env=token_env, timeout_s=timeout_s)
         self.eos_token_ids = sorted(set(eos_token_ids))
         self.stop_when_judge_down = stop_when_judge_down
+        self._returned: dict[str, list[int]] = {}
+
+    def take_versions(self) -> dict[str, list[int]]:
+        """Rubric versions (per lineage) of the rewards returned since the last call, for the step report."""
+        out, self._returned = self._returned, {}
+        return out
 
     def request(
         self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None, kwargs: dict[str, Any]
@@ -95,23 +101,35 @@ class RemoteRubricReward:
             raise JudgeUnavailableError(
                 f"the reward service reports the judge unavailable: {answer['judge_unavailable']}"
             )
+        for r in results:
+            self._returned.setdefault(r["lineage"], []).append(int(r["rubric_version"]))
         return [r["reward"] for r in results]
 
 
 class RemoteStepCallback(TrainerCallback):
     """Tells the reward service about every optimizer step, so meta steps follow ``mpo.interval`` trainer steps.
 
+    With ``reward`` (the :class:`RemoteRubricReward` of the same process: ``GRPOTrainer``/``RLOOTrainer``), each
+    report carries the rubric versions of the rewards scored since the previous one, and the service logs how many
+    versions behind the rubric in force they were when the update used them. ``AsyncGRPOTrainer`` scores in another
+    process, so there the reward's versions stay in its rollout logs (``mpo/rubric_version``).
+
     Args:
         url: The service root.
         token_env: Environment variable with the bearer token.
+        reward: The reward function whose returned versions to report.
     """
 
-    def __init__(self, url: str, *, token_env: str | None = None) -> None:
+    def __init__(self, url: str, *, token_env: str | None = None, reward: RemoteRubricReward | None = None) -> None:
         self.client = ServiceClient(url, token_env=token_env, timeout_s=60.0)
+        self.reward = reward
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
-            answer = self.client.post("/v1/step", {"step": int(state.global_step)})
+            body: dict[str, Any] = {"step": int(state.global_step)}
+            if self.reward is not None:
+                body["rubric_versions"] = self.reward.take_versions()
+            answer = self.client.post("/v1/step", body)
             if answer.get("meta_started"):
                 log.info("step %d: the reward service started a meta step", state.global_step)
 
