@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OpenRLHF PPO (critic + GAE) with Meta Policy Optimization through metapo's reward service. Not run by metapo's
-# tests: it needs GPUs, Ray, DeepSpeed and vLLM. Flags follow OpenRLHF's documented train_ppo_ray CLI (0.5-0.8;
-# newer releases spell them with dots, e.g. --ref.num_nodes, --reward.remote_url, --data.label_key).
+# tests: it needs GPUs, Ray, DeepSpeed and vLLM. Flags are those of OpenRLHF 0.11's train_ppo_ray (checked against
+# its argument parser); releases before the dotted flags spell them --ref_num_nodes, --remote_rm_url, --label_key...
 set -euo pipefail
 
 MODEL=${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}
@@ -28,19 +28,21 @@ ray start --head --num-gpus 8
 ray job submit --address="http://127.0.0.1:8265" \
     --runtime-env-json="{\"working_dir\": \"$PWD\", \"env_vars\": {\"METAPO_REWARD_URL\": \"http://$HEAD:$PORT\"}}" \
     -- python3 -m openrlhf.cli.train_ppo_ray \
-    --ref_num_nodes 1 --ref_num_gpus_per_node 2 \
-    --critic_num_nodes 1 --critic_num_gpus_per_node 2 \
-    --actor_num_nodes 1 --actor_num_gpus_per_node 2 \
-    --vllm_num_engines 2 --vllm_tensor_parallel_size 1 \
-    --pretrain "$MODEL" --critic_pretrain "$MODEL" \
-    --remote_rm_url "$REMOTE_RM" \
-    --advantage_estimator gae --gamma 1.0 --lambd 0.95 \
-    --prompt_data data/essay-openrlhf/train.jsonl --input_key prompt --label_key label --apply_chat_template \
-    --micro_train_batch_size 4 --train_batch_size 128 \
-    --micro_rollout_batch_size 8 --rollout_batch_size "$ROLLOUT_BATCH" --n_samples_per_prompt 1 \
-    --max_epochs 1 --num_episodes 1 --prompt_max_len 512 --generate_max_len 512 \
-    --zero_stage 3 --bf16 --actor_learning_rate 5e-7 --critic_learning_rate 9e-6 --init_kl_coef 0.01 \
-    --save_path checkpoints/essay-ppo-mpo "$@"
+    --ref.num_nodes 1 --ref.num_gpus_per_node 2 \
+    --critic.num_nodes 1 --critic.num_gpus_per_node 2 \
+    --actor.num_nodes 1 --actor.num_gpus_per_node 2 \
+    --vllm.num_engines 2 --vllm.tensor_parallel_size 1 --vllm.enable_prefix_caching \
+    --actor.model_name_or_path "$MODEL" --critic.model_name_or_path "$MODEL" \
+    --reward.remote_url "$REMOTE_RM" \
+    --algo.advantage.estimator gae --algo.advantage.gamma 1.0 --algo.advantage.lambd 0.95 \
+    --data.prompt_dataset data/essay-openrlhf/train.jsonl --data.input_key prompt --data.label_key label \
+    --data.apply_chat_template \
+    --train.micro_batch_size 4 --train.batch_size 128 \
+    --rollout.micro_batch_size 8 --rollout.batch_size "$ROLLOUT_BATCH" --rollout.n_samples_per_prompt 1 \
+    --train.max_epochs 1 --train.num_episodes 1 --data.max_len 1024 --rollout.max_new_tokens 512 \
+    --ds.zero_stage 3 --ds.param_dtype bf16 \
+    --actor.adam.lr 5e-7 --critic.adam.lr 9e-6 --algo.kl.init_coef 0.01 \
+    --ckpt.output_dir checkpoints/essay-ppo-mpo "$@"
 
 # The service strips the chat template and special tokens from each query (the response is what follows the
 # prompt; a closing end-of-generation token tells the EOS gate it finished) and reads the label JSON as the

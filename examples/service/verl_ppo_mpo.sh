@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # verl PPO with a critic and GAE (the paper's algorithm) and Meta Policy Optimization through metapo's reward
-# service. Not run by metapo's tests: it needs GPUs, Ray and vLLM. The keys follow verl's documented
-# `verl.trainer.main_ppo` configuration (0.4-0.6: top-level custom_reward_function; newer releases move it under
-# `reward.`, e.g. reward.custom_reward_function.path -- adjust the three custom_reward_function lines there).
+# service. Not run by metapo's tests: it needs GPUs, Ray and vLLM. The keys are those of verl 0.9's
+# `verl.trainer.main_ppo` configuration (checked against its generated ppo_trainer.yaml); releases before the
+# `reward:` group spell the reward function keys custom_reward_function.* at the top level.
 set -euo pipefail
 
 MODEL=${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}
@@ -48,17 +48,17 @@ python3 -m verl.trainer.main_ppo \
     critic.model.path="$MODEL" \
     critic.optim.lr=1e-5 \
     critic.ppo_micro_batch_size_per_gpu=4 \
-    custom_reward_function.path="$REWARD_FILE" \
-    custom_reward_function.name=compute_score \
-    +custom_reward_function.reward_kwargs.metapo_url="http://$HEAD:$PORT" \
-    +custom_reward_function.reward_kwargs.metapo_token_env=METAPO_REWARD_TOKEN \
+    reward.custom_reward_function.path="$REWARD_FILE" \
+    reward.custom_reward_function.name=compute_score \
+    +reward.custom_reward_function.reward_kwargs.metapo_url="http://$HEAD:$PORT" \
+    +reward.custom_reward_function.reward_kwargs.metapo_token_env=METAPO_REWARD_TOKEN \
     trainer.critic_warmup=0 \
     trainer.logger='["console"]' \
     trainer.project_name=metapo-essay trainer.experiment_name=ppo-mpo \
     trainer.n_gpus_per_node="$GPUS" trainer.nnodes=1 \
     trainer.save_freq=50 trainer.test_freq=-1 trainer.total_epochs=1 "$@"
 
-# compute_score is async: verl's reward loop awaits many samples at once per worker. A verl version whose reward
-# manager calls a plain function needs custom_reward_function.name=compute_score_sync instead. Each result carries
+# compute_score is async: each of verl's reward.num_workers (8) reward-loop workers awaits many samples at once.
+# A verl version whose reward manager calls a plain function needs compute_score_sync instead. Each result carries
 # rubric_version and judge_failed (logged by verl with the reward extras); a judge failure gets
 # service.fallback_reward, counted on the service's /metrics as metapo_fallback_rewards_total{engine="verl"}.
