@@ -181,6 +181,12 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         """Whether a meta step is in flight."""
         return self._job is not None and not self._job.done()
 
+    @property
+    def pending_samples(self) -> int:
+        """Samples waiting for a meta step or held by the running one."""
+        with self._lock:
+            return len(self.window) + len(self._in_flight)
+
     def start_meta_step(self, step: int) -> Future | None:
         """Publish a finished meta step, then start one on the window now (no trainer hooks needed).
 

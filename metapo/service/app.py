@@ -45,7 +45,7 @@ class _StateCollector:
         for lineage, number in sorted(ctl.rubrics.versions().items()):
             versions.add_metric([lineage], number)
         yield versions
-        yield GaugeMetricFamily("metapo_window_samples", "Samples waiting for the next meta step", value=svc.recorded - svc.consumed)
+        yield GaugeMetricFamily("metapo_window_samples", "Samples waiting for the next meta step", value=ctl.pending_samples)
         yield GaugeMetricFamily("metapo_meta_running", "Whether a meta step is running", value=float(ctl.running))
         yield GaugeMetricFamily("metapo_judge_up", "0 while the judge looks down", value=0.0 if svc.judge_down else 1.0)
         for name in ("meta_steps", "accepted", "rejected", "unchanged"):

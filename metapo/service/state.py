@@ -419,7 +419,7 @@ class RewardService:
             "judge_unavailable": self.judge_down,
             "versions": ctl.rubrics.versions(),
             "samples": self.recorded,
-            "window": self.recorded - self.consumed,
+            "window": ctl.pending_samples,
             "meta_running": ctl.running,
             "meta_steps": ctl.meta_steps,
             "uptime_s": round(time.time() - self.started, 1),
