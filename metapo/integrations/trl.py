@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from metapo.integrations.client import ServiceClient
 from metapo.reward.rubric_reward import JudgeUnavailableError
 
 log = logging.getLogger(__name__)
+
+#: Most reward versions kept per lineage between two step reports.
+_KEEP_VERSIONS = 65536
 
 # TRL hands these to every reward function; they are not dataset columns.
 _TRL_KWARGS = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids", "completions", "prompts"}
@@ -52,12 +56,13 @@ class RemoteRubricReward:
         self.client = ServiceClient(url, token_env=token_env, timeout_s=timeout_s)
         self.eos_token_ids = sorted(set(eos_token_ids))
         self.stop_when_judge_down = stop_when_judge_down
-        self._returned: dict[str, list[int]] = {}
+        # Bounded: under AsyncGRPOTrainer no callback in this process ever takes them.
+        self._returned: dict[str, deque[int]] = {}
 
     def take_versions(self) -> dict[str, list[int]]:
         """Rubric versions (per lineage) of the rewards returned since the last call, for the step report."""
         out, self._returned = self._returned, {}
-        return out
+        return {lineage: list(versions) for lineage, versions in out.items()}
 
     def request(
         self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None, kwargs: dict[str, Any]
@@ -102,7 +107,7 @@ class RemoteRubricReward:
                 f"the reward service reports the judge unavailable: {answer['judge_unavailable']}"
             )
         for r in results:
-            self._returned.setdefault(r["lineage"], []).append(int(r["rubric_version"]))
+            self._returned.setdefault(r["lineage"], deque(maxlen=_KEEP_VERSIONS)).append(int(r["rubric_version"]))
         return [r["reward"] for r in results]
 
 

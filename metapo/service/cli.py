@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
         "(output_dir) and score over HTTP. Restarting on the same run directory resumes it. Settings: "
         "--config YAML (a run config plus a service: section), then key=value overrides.",
     )
-    serve.add_argument("--config", type=Path, help="YAML run config (see examples/service_essay.yaml).")
+    serve.add_argument("--config", type=Path, help="YAML run config (see examples/service/essay_service.yaml).")
     serve.add_argument("--host", help="Shortcut for service.host=... (default 127.0.0.1).")
     serve.add_argument("--port", type=int, help="Shortcut for service.port=... (0 = any free port).")
     serve.add_argument("--output-dir", help="Shortcut for output_dir=... (the run directory).")
