@@ -72,7 +72,7 @@ def main() -> None:
         with open(written, "w", encoding="utf-8") as handle:
             for example in examples:
                 handle.write(json.dumps(for_openrlhf(example), ensure_ascii=False) + "\n")
-    print(f"{len(examples)} prompts -> {written}")
+    print(f"{len(examples)} prompts -> {written}")  # noqa: T201 - a command-line script
 
 
 if __name__ == "__main__":
