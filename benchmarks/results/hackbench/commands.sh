@@ -9,6 +9,9 @@ PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/hackbench
 run() { flock /tmp/metapo-embedded.lock timeout 590 "$PY" -m metapo.cli --log-level WARNING hackbench --judge embedded --no-progress "$@"; }
 
+# Runs 1-2 ran with the code of commit 0c47c2c (judge prompts: sample first, then the rubric item); runs 3-4 with
+# that of 8e5dade (after main's change that puts the rubric before the sample, for prefix caching).
+
 # 1. Essay, static protocol, logprob scoring: the first 4 prompts, all 9 families, one meta step.
 run --task essay --prompts 4 --protocol static --meta-steps 1 --out $OUT/essay-static-logprob mpo.max_items=3
 # 2. Essay, dynamic protocol: 2 prompts, 4 families (cost), 3 seeds, fixed rubric vs MPO (meta step at step 5 of 10),
@@ -18,8 +21,8 @@ run --task essay --prompts 2 --families padding,stuffing,injection,title_only --
   mpo.samples=1 mpo.max_items=3
 # 3. Math, static protocol, logprob scoring: the first 3 prompts, one meta step (guidelines mode, the math task's).
 run --task math --prompts 3 --protocol static --meta-steps 1 --out $OUT/math-static-logprob
-# 4. Scoring modes on the first 3 essay prompts, initial rubric only (logprob: run 1's cache, no new calls).
-run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring logprob \
-  --cache $OUT/essay-static-logprob/judge-cache.sqlite --out $OUT/essay-modes-logprob
+# 4. Scoring modes on the first 3 essay prompts, initial rubric only, all three with the same code (the judge
+#    prompt layout changed between runs 1-2 and runs 3-4, so run 1's logprob scores are not reused here).
+run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring logprob --out $OUT/essay-modes-logprob
 run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring json --out $OUT/essay-modes-json
 run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring multiturn --out $OUT/essay-modes-multiturn
