@@ -453,3 +453,27 @@ def test_cli_writes_json_markdown_png_and_resumes_from_the_cache(
     assert main(["report", str(run), "--quiet"]) == 0
     assert "## Hack-repair benchmark" in (run / "report.md").read_text()
     assert "Hack-repair benchmark" in (run / "report.html").read_text()
+
+
+def test_judge_settings_come_from_embedded_a_judge_file_or_the_run_config(tmp_path: Path) -> None:
+    """``--judge embedded`` is the reward judge and the meta judge; a run config gives both of its sections."""
+    import argparse
+
+    from metapo.eval.hacks.cli import EMBEDDED_JUDGE, _judge_configs
+
+    def args(**kw: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"judge": None, "run_dir": None, **kw})
+
+    judge, meta, _ = _judge_configs(args(judge="embedded"))
+    assert judge == EMBEDDED_JUDGE and meta is None  # None: the meta judge is the same client
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        "judge: {backend: openai, model: rm}\nmeta_judge: {backend: openai, model: mrm}\ntask: essay\n"
+    )
+    judge, meta, _ = _judge_configs(args(run_dir=run))
+    assert (judge["model"], meta["model"]) == ("rm", "mrm")
+    plain = tmp_path / "judge.yaml"
+    plain.write_text("backend: openai\nmodel: solo\n")
+    judge, meta, _ = _judge_configs(args(judge=str(plain), run_dir=run))
+    assert judge["model"] == "solo" and meta is None
