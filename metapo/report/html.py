@@ -564,6 +564,7 @@ def render_html(data: RunData) -> str:
     nav = (
         '<nav><a href="#curves">Curves</a><a href="#rubrics">Rubrics</a><a href="#meta">Meta steps</a>'
         '<a href="#costs">Costs</a><a href="#samples">Samples</a><a href="#eval">Evaluation</a>'
+        + ('<a href="#hackbench">Hack benchmark</a>' if data.hackbench is not None else "")
         + ('<a href="#config">Config</a>' if data.config_text else "")
         + "</nav>"
     )
