@@ -306,6 +306,19 @@ def test_the_gate_runs_in_the_meta_step_and_its_record_explains_the_rejection(
     assert "canaries FAIL" in line and "exemplars ok" in line and "kept v1" in line
     assert controller.metrics()["mpo/gate_judge_calls"] == record["acceptance"]["judge_calls"]
 
+    # The run summary, the Markdown report and the HTML report all show the decision and the checks' numbers.
+    from metapo.report.data import load_run
+    from metapo.report.html import render_html
+    from metapo.report.markdown import render_markdown
+    from metapo.train.run import summarize
+
+    assert "  " + line in summarize(tmp_path).splitlines()
+    data = load_run(tmp_path)
+    markdown = render_markdown(data)
+    assert "## Meta steps" in markdown and "canaries FAIL" in markdown and "kept the current version" in markdown
+    page = render_html(data)
+    assert "acceptance gate probes at step 1" in page and "canary:title_only@" in page
+
 
 def test_a_disabled_gate_adopts_the_candidate(tmp_path: Path, judge_url: Any) -> None:
     answer = _items(("Quality", 0, 9), ("Brevity", 0, 2))
