@@ -193,6 +193,17 @@ def test_probes_cover_every_canary_and_prefer_gold_text() -> None:
     assert "Quality" in stuffing.text and "Clarity" in stuffing.text
 
 
+def test_penalised_samples_serve_as_exemplars_only_when_no_clean_one_exists() -> None:
+    window = _window()
+    for s in window:
+        if s.prompt != SKY_PROMPT:
+            s.adjustments = {"missing_eos": -0.2}
+    probes = build_probes("default", QUALITY, window, AcceptanceConfig())
+    sources = {p.prompt: p.name for p in probes.exemplars}
+    assert sources[SKY_PROMPT] == "window"
+    assert sources[PROMPTS[1]] == sources[PROMPTS[2]] == "window-penalised"
+
+
 # ----- per-item signal ---------------------------------------------------------------------------------------
 TWO = Rubric(
     (

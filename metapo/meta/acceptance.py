@@ -211,8 +211,9 @@ def _read_rows(path: str | Path, key: str, required: tuple[str, ...]) -> list[di
     return rows
 
 
-def _clean(window: Sequence[ScoredSample]) -> list[ScoredSample]:
-    """Samples fit to serve as exemplars: judge-scored, completed, unpenalised, and not flagged by a detector."""
+def _clean(window: Sequence[ScoredSample], *, strict: bool = True) -> list[ScoredSample]:
+    """Samples fit to serve as exemplars: judge-scored, not flagged by a detector, and (``strict``) completed
+    without a rule penalty such as missing EOS."""
     flagged = set(detect(window).flagged) if window else set()
     return [
         s
@@ -220,7 +221,7 @@ def _clean(window: Sequence[ScoredSample]) -> list[ScoredSample]:
         if s.reward is not None
         and s.raw_score is not None
         and s.gate is None
-        and not s.adjustments
+        and not (strict and s.adjustments)
         and not s.error
         and s.completion.strip()
         and s.sample_id not in flagged
@@ -308,7 +309,8 @@ def build_probes(
     """The probe set of one gate decision (no model involved).
 
     Exemplars, one per prompt, by preference: the task's gold text (``reference_column`` of a window sample),
-    a user exemplar, the best clean sample of this window or an earlier one (``pool``). Prompts the meta step
+    a user exemplar, the best clean sample of this window or an earlier one (``pool``), else the best sample
+    that only a rule penalty (missing EOS) kept from being clean. Prompts the meta step
     analysed come first, then the best-scored; canaries are built for the first ``canary_prompts`` of them.
     """
     columns_of: dict[str, Mapping[str, Any]] = {}
@@ -330,6 +332,9 @@ def build_probes(
             offer(row["prompt"], 1, 1.0, "user", row["response"])
     for sample in list((pool or {}).values()) + _clean(window):
         offer(sample.prompt, 2, float(sample.reward or 0.0), "window", sample.completion)
+    # A prompt whose every completion hit the token limit still gets its best one rather than no exemplar.
+    for sample in _clean(window, strict=False):
+        offer(sample.prompt, 3, float(sample.raw_score or 0.0), "window-penalised", sample.completion)
 
     analysed = set(analysed_prompts)
     order = sorted(found, key=lambda p: (p not in analysed, found[p][0], found[p][1], p))[: config.max_exemplars]
