@@ -531,13 +531,11 @@ def check_canaries(
             failed.append(f"{probe.label} ({c:.2f} -> {n:.2f}: {'; '.join(why)})")
     if not rows:
         return Check("canaries", True, "skipped: no canary with a scored exemplar", numbers={"canaries": 0})
-    summary = (
-        f"{len(failed)} of {len(rows)} canaries worse"
-        if failed
-        else f"{len(rows)} canaries, none worse (slack {config.canary_slack:g}, canary_max {config.canary_max:g})"
-    )
     mean_c = _mean([v["current"] for v in rows.values()])
     mean_n = _mean([v["candidate"] for v in rows.values()])
+    summary = (
+        f"{len(failed)} of {len(rows)} canaries worse" if failed else f"{len(rows)} canaries, none worse"
+    ) + f"; canary mean {mean_c:.2f} -> {mean_n:.2f} (slack {config.canary_slack:g}, canary_max {config.canary_max:g})"
     numbers = {"canaries": len(rows), "mean_current": _r(mean_c), "mean_candidate": _r(mean_n), "per_probe": rows}
     return Check("canaries", not failed, summary, failed, numbers)
 
@@ -755,24 +753,36 @@ class AcceptanceGate:
 
 
 def gate_line(record: Mapping[str, Any]) -> str:
-    """One line per meta-step record: what was proposed, each gate check's numbers, and the decision."""
+    """One line per meta-step record: what was proposed (and its change), each gate check's numbers, and the
+    decision with the probes that failed."""
     step = record.get("step", "?")
     lineage = record.get("lineage", "default")
     rubric = record.get("rubric") or {}
     items = rubric.get("items") or []
     proposed = f"proposed {len(items)} item(s)" if items else "proposed nothing"
     if items:
-        proposed += " [" + "; ".join(str(i.get("title", ""))[:40] for i in items[:6]) + "]"
+        proposed += " [" + "; ".join(str(i.get("title", ""))[:40] for i in items[:8]) + "]"
+    change = str(record.get("change") or "").strip()
+    if change:
+        proposed += " (" + "; ".join(ln.strip() for ln in change.splitlines()[:6]) + ")"
     gate = record.get("acceptance")
+    if not isinstance(gate, Mapping):
+        decision = (
+            f"accepted as v{record.get('new_version', '?')}"
+            if record.get("accepted")
+            else f"kept v{record.get('parent_version', '?')}: {str(record.get('reason', ''))[:200]}"
+        )
+        return f"step {step} {lineage}: {proposed}; no gate decision; {decision}"
+    checks = "; ".join(
+        f"{c.get('name')} {'ok' if c.get('passed') else 'FAIL'} ({c.get('summary')})" for c in gate.get("checks", [])
+    )
     if record.get("accepted"):
-        decision = f"accepted as v{record.get('new_version', '?')}"
+        decision = f"ACCEPTED as v{record.get('new_version', '?')}"
     else:
-        decision = f"kept v{record.get('parent_version', '?')}: {str(record.get('reason', ''))[:300]}"
-    if isinstance(gate, Mapping):
-        checks = ", ".join(
-            f"{c.get('name')} {'ok' if c.get('passed') else 'FAIL'} ({c.get('summary')})" for c in gate.get("checks", [])
+        failed = [
+            str(f).split(" (")[0] for c in gate.get("checks", []) if not c.get("passed") for f in c.get("failed", [])
+        ]
+        decision = f"REJECTED, kept v{record.get('parent_version', '?')}" + (
+            f" (failing: {', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''})" if failed else ""
         )
-        return (
-            f"step {step} {lineage}: {proposed}; gate: {checks}; {gate.get('judge_calls', 0)} judge calls; {decision}"
-        )
-    return f"step {step} {lineage}: {proposed}; no gate; {decision}"
+    return f"step {step} {lineage}: {proposed}; gate ({gate.get('judge_calls', 0)} judge calls): {checks}; {decision}"
