@@ -183,7 +183,7 @@ def test_probes_cover_every_canary_and_prefer_gold_text() -> None:
     for s in window:
         s.columns["reference_summary"] = "The gold text for " + s.prompt
     probes = build_probes(
-        "default", _with("Clarity", 0, 5), window, AcceptanceConfig(canary_prompts=1), reference_column="reference_summary"
+        "default", _with("Clarity", 0, 5), window, canary_prompts=1, reference_column="reference_summary"
     )
     assert {p.name for p in probes.exemplars} == {"gold"}
     assert [p.name for p in probes.canaries] == [
@@ -198,7 +198,7 @@ def test_penalised_samples_serve_as_exemplars_only_when_no_clean_one_exists() ->
     for s in window:
         if s.prompt != SKY_PROMPT:
             s.adjustments = {"missing_eos": -0.2}
-    probes = build_probes("default", QUALITY, window, AcceptanceConfig())
+    probes = build_probes("default", QUALITY, window)
     sources = {p.prompt: p.name for p in probes.exemplars}
     assert sources[SKY_PROMPT] == "window"
     assert sources[PROMPTS[1]] == sources[PROMPTS[2]] == "window-penalised"
