@@ -340,3 +340,19 @@ def test_a_disabled_gate_adopts_the_candidate(tmp_path: Path, judge_url: Any) ->
         s.rubric_version = 1
     _step(controller, window)
     assert active.get().version == 2 and judge_url.request_count == 0
+
+
+def test_an_accepted_candidate_keeps_the_gate_record_in_its_evidence(tmp_path: Path, judge_url: Any) -> None:
+    answer = _items(("Quality", 0, 9), ("Development", 0, 5))
+    controller, active, _ = _controller(tmp_path, answer, judge_url.url)
+    active.publish(active.store.add(QUALITY, parents=(0,), creator="test"))
+    window = _window()
+    for s in window:
+        s.rubric_version = 1
+    _step(controller, window)
+    version = active.get()
+    assert version.version == 2 and controller.gate_rejected == 0
+    assert version.evidence["acceptance"]["accepted"] is True
+    assert {c["name"] for c in version.evidence["acceptance"]["checks"] if c["passed"]} >= {"canaries", "exemplars"}
+    record = json.loads((tmp_path / "meta" / "step-000001-default.json").read_text())
+    assert "ACCEPTED as v2" in gate_line(record) and "acceptance gate (passed" in record["reason"]
