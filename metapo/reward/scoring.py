@@ -126,15 +126,27 @@ def _material(view: JudgeView) -> str:
     )
 
 
+def _fenced(view: JudgeView) -> str:
+    """The graded material alone (task input, response): the part of a prompt that differs per sample."""
+    label = re.sub(r"[^a-z0-9]+", "_", view.input_label.lower()).strip("_") or "task_input"
+    return (
+        f"{fence(label, view.task_input, max_chars=view.max_chars, reserved=['response'])}\n\n"
+        f"{fence('response', view.completion, max_chars=view.max_chars, reserved=[label])}"
+    )
+
+
 class LogprobScorer:
     """One call per item: an expected score from digit probabilities (see :class:`Question` for other ranges)."""
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
         async def one(item: RubricItem) -> float:
             question = Question.of(item)
+            # Rules and criterion first, the sample last: every sample scored on this item shares the prompt
+            # up to its material, so judge servers with prefix caching (vLLM, SGLang's cache-aware router)
+            # prefill the rubric once per item and version.
             user = (
-                f"Grade the response below on one criterion of a rubric.\n\n{_material(view)}\n\n"
-                f"{question.criterion(item)}\n\n{question.ask()}"
+                f"Grade the response below on one criterion of a rubric.\n\n{_GRADER_RULES}\n\n"
+                f"Criterion: {question.criterion(item)}\n\n{_fenced(view)}\n\n{question.ask()}"
             )
             messages = [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
             return await question.answer(judge, messages)
@@ -177,9 +189,10 @@ class JsonScorer:
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
         criteria = "\n\n".join(f"[{item.id}] {Question.of(item).criterion(item)}" for item in rubric.items)
+        # The rubric before the sample, so the whole rubric is a prefix every sample shares (prefix caching).
         user = (
-            f"Grade the response below against every criterion of the rubric.\n\n{_material(view)}\n\n"
-            f"Rubric:\n{criteria}\n\nFor each criterion id give a one-sentence rationale, then an integer: "
+            f"Grade the response below against every criterion of the rubric.\n\n{_GRADER_RULES}\n\n"
+            f"Rubric:\n{criteria}\n\n{_fenced(view)}\n\nFor each criterion id give a one-sentence rationale, then an integer: "
             "'score' within that criterion's range, or for a deduction 'deduct', the points to deduct. "
             "Answer in JSON."
         )
