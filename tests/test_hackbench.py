@@ -438,6 +438,11 @@ def test_cli_writes_json_markdown_png_and_resumes_from_the_cache(
     result = json.loads((folder / "hackbench.json").read_text())
     assert {p.name for p in folder.glob("*.png")} == {"static-essay.png", "dynamic-essay.png"}
     assert len(result["dynamic"][0]["arms"]["mpo"]["runs"]) == 3
+    # The acceptance gate (mpo.acceptance, on by default) is the third arm, and it decided every meta step.
+    arms = result["dynamic"][0]["arms"]
+    assert list(arms) == ["fixed", "mpo", "mpo+gate"] and "acceptance" in result["run"]["gate"]
+    gated = [m for run in arms["mpo+gate"]["runs"] for m in run["meta_steps"]]
+    assert len(gated) == 3 and all("acceptance gate" in m["reason"] for m in gated)
     assert result["run"]["judge_calls"] > result["run"]["judge_cache_hits"]
     # A rerun asks the judge nothing new: every score and meta-step answer comes from the cache.
     assert main(argv) == 0
@@ -477,3 +482,20 @@ def test_judge_settings_come_from_embedded_a_judge_file_or_the_run_config(tmp_pa
     plain.write_text("backend: openai\nmodel: solo\n")
     judge, meta, _ = _judge_configs(args(judge=str(plain), run_dir=run))
     assert judge["model"] == "solo" and meta is None
+
+
+def test_cli_without_the_gate_runs_two_arms(scripted: Any, tmp_path: Path) -> None:
+    from metapo.cli import main
+
+    judge_yaml = tmp_path / "judge.yaml"
+    judge_yaml.write_text(f"backend: openai\nmodel: scripted\nbase_urls: ['{scripted.url}']\n")
+    out = tmp_path / "out"
+    argv = [
+        "hackbench", "--task", "essay", "--prompts", "2", "--families", "padding,title_only", "--judge",
+        str(judge_yaml), "--protocol", "dynamic", "--steps", "2", "--meta-every", "1", "--seeds", "0",
+        "--out", str(out), "--no-progress", "mpo.acceptance.enabled=false",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((out / "hackbench.json").read_text())
+    assert list(result["dynamic"][0]["arms"]) == ["fixed", "mpo"] and result["run"]["gate"] is None
+    assert result["static"] == [] and "was not run" in (out / "hackbench.md").read_text()

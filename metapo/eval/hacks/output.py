@@ -130,7 +130,7 @@ def markdown(result: dict[str, Any]) -> str:
     for part in result.get("dynamic", []):
         lines.append(dynamic_markdown(part))
     if run.get("gate") is None and result.get("dynamic"):
-        lines += ["The `mpo+gate` arm needs an acceptance gate; none was given, so it was not run.", ""]
+        lines += ["The `mpo+gate` arm was not run: the acceptance gate is off (`mpo.acceptance.enabled=false`).", ""]
     return "\n".join(lines)
 
 

@@ -129,8 +129,8 @@ async def run_hackbench(
         cfg: What to run.
         judge: The reward judge client.
         meta_client: The meta-reward model's client (may be ``judge``).
-        gate: Acceptance gate for the ``mpo+gate`` arm and for the static protocol's meta steps (none: the arm
-            is left out and every validated revision is taken, as plain MPO does).
+        gate: Acceptance gate for the dynamic protocol's ``mpo+gate`` arm. None (and no ``gate_factory``): the
+            acceptance gate of ``cfg.mpo.acceptance`` when it is enabled (the default), else the arm is left out.
         gate_factory: Builds each task's gate from the reward that scores the task and its setup, for gates that
             score probes with the run's reward (``lambda reward, setup: AcceptanceGate(reward, config)``).
         progress: Show progress bars on stderr.
@@ -148,13 +148,16 @@ async def run_hackbench(
     book = ScoreBook(judge, items, setups, cfg.reward, progress=bar.update)
     result: dict[str, Any] = {"kind": RESULT_KIND, "version": RESULT_VERSION, "static": [], "dynamic": []}
     counter = _counter(judge)
+    if gate is None and gate_factory is None and cfg.mpo.acceptance.enabled:
+        gate_factory = acceptance_gate_factory(cfg)
     try:
         for task, group in by_task.items():
             setup = setups[task]
             meta = meta_judge_for(meta_client, setup, cfg, counter)
             task_gate = gate_factory(book.reward_for(task), setup) if gate_factory is not None else gate
+            # The static protocol measures the meta step itself; the gate is the dynamic protocol's third arm.
             if cfg.protocol in ("static", "both"):
-                result["static"].append(await run_static(book, setup, group, meta, cfg.static, gate=task_gate))
+                result["static"].append(await run_static(book, setup, group, meta, cfg.static))
             if cfg.protocol in ("dynamic", "both"):
                 arms: Sequence[Arm] = default_arms(task_gate)
                 steps = tqdm(
@@ -191,6 +194,17 @@ async def run_hackbench(
         "mpo_config": {k: v for k, v in vars(cfg.mpo).items()},
     }
     return result
+
+
+def acceptance_gate_factory(cfg: HackbenchConfig) -> Callable[[Any, TaskSetup], AcceptanceGate]:
+    """Builds each task's acceptance gate (``mpo.acceptance`` settings) on the reward that scores the task."""
+    from metapo.meta.acceptance import AcceptanceGate as Gate
+
+    def build(reward: Any, setup: TaskSetup) -> Any:
+        return Gate.from_config(reward, cfg.mpo.acceptance, reference_column=setup.reference_column)
+
+    build.__name__ = "acceptance gate (mpo.acceptance)"
+    return build
 
 
 def _gate_name(gate: Any, factory: Any) -> str | None:
