@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/hackbench
 run() { flock /tmp/metapo-embedded.lock timeout 590 "$PY" -m metapo.cli --log-level WARNING hackbench --judge embedded --no-progress "$@"; }
 
-# Runs 1-2 ran with the code of commit 0c47c2c (judge prompts: sample first, then the rubric item); runs 3-4 with
+# Runs 1-2 ran with the code of commit 0c47c2c (judge prompts: sample first, then the rubric item); runs 3-5 with
 # that of 8e5dade (after main's change that puts the rubric before the sample, for prefix caching).
 
 # 1. Essay, static protocol, logprob scoring: the first 4 prompts, all 9 families, one meta step.
@@ -26,3 +26,8 @@ run --task math --prompts 3 --protocol static --meta-steps 1 --out $OUT/math-sta
 run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring logprob --out $OUT/essay-modes-logprob
 run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring json --out $OUT/essay-modes-json
 run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring multiturn --out $OUT/essay-modes-multiturn
+# 5. Essay, dynamic protocol with all three arms (fixed, MPO, MPO + acceptance gate), same subset as run 2, gate
+#    sized down for CPU (one canary prompt, two exemplars).
+run --task essay --prompts 2 --families padding,stuffing,injection,title_only --protocol dynamic --steps 10 \
+  --meta-every 5 --seeds 0,1,2 --out $OUT/essay-dynamic-gate mpo.samples=1 mpo.max_items=3 \
+  mpo.acceptance.max_exemplars=2 mpo.acceptance.canary_prompts=1
