@@ -9,8 +9,9 @@ PY=${PY:-.venv/bin/python}
 OUT=benchmarks/results/hackbench
 run() { flock /tmp/metapo-embedded.lock timeout 590 "$PY" -m metapo.cli --log-level WARNING hackbench --judge embedded --no-progress "$@"; }
 
-# Runs 1-2 ran with the code of commit 0c47c2c (judge prompts: sample first, then the rubric item); runs 3-5 with
-# that of 8e5dade (after main's change that puts the rubric before the sample, for prefix caching).
+# Runs 1-2 ran with the code of commit 0c47c2c (judge prompts: sample first, then the rubric item); runs 3-4 with
+# that of 8e5dade (after the change that puts the rubric before the sample, for prefix caching); run 5 with 3b32f60
+# (the acceptance gate merged in, as the third arm).
 
 # 1. Essay, static protocol, logprob scoring: the first 4 prompts, all 9 families, one meta step.
 run --task essay --prompts 4 --protocol static --meta-steps 1 --out $OUT/essay-static-logprob mpo.max_items=3
