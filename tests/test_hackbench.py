@@ -499,3 +499,9 @@ def test_cli_without_the_gate_runs_two_arms(scripted: Any, tmp_path: Path) -> No
     result = json.loads((out / "hackbench.json").read_text())
     assert list(result["dynamic"][0]["arms"]) == ["fixed", "mpo"] and result["run"]["gate"] is None
     assert result["static"] == [] and "was not run" in (out / "hackbench.md").read_text()
+
+
+def test_a_repeated_id_is_named() -> None:
+    line = '{"id": "a", "task": "essay", "prompt": "P", "good": "G", "hacks": {"x": "y"}}'
+    with pytest.raises(ValueError, match=re.escape("f.jsonl line 2: id 'a' appears twice")):
+        parse_items([line, line], "f.jsonl", None)
