@@ -712,6 +712,14 @@ class JudgeConfig:
     n_threads: int = field(default=2, metadata={"help": "CPU threads for 'xllamacpp'."})
     n_parallel: int = field(default=1, metadata={"help": "Parallel decoding slots for 'xllamacpp'."})
     max_concurrency: int = field(default=8, metadata={"help": "Most judge requests in flight at once."})
+    background_concurrency: int = field(
+        default=0,
+        metadata={
+            "help": "0: meta-step requests share the max_concurrency slots and wait behind every queued reward "
+            "request; N > 0: they get N slots of their own (for a server that decodes several requests at once, "
+            "e.g. xllamacpp with n_parallel >= max_concurrency + N), so they never hold a slot a reward waits for."
+        },
+    )
     max_requests_per_minute: float | None = field(
         default=None, metadata={"help": "Pace requests to at most this many per minute (None: no limit)."}
     )
@@ -740,6 +748,8 @@ class JudgeConfig:
             normalize_base_url(url)  # checked now, before a config holding it is written
         if self.max_concurrency < 1 or self.max_attempts < 1 or self.n_parallel < 1:
             raise ValueError("max_concurrency, max_attempts and n_parallel must be >= 1")
+        if self.background_concurrency < 0:
+            raise ValueError(f"background_concurrency must be >= 0, got {self.background_concurrency}")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):

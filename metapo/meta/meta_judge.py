@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metapo.judges.client import background_requests
 from metapo.judges.types import ChatRequest, JudgeError
 from metapo.meta import prompts
 from metapo.meta.selection import (
@@ -289,16 +290,18 @@ class MetaJudge:
                 len(window) - len(usable),
             )
         shown = _Shown(known, version, self.config.sample_chars, self.reference_column)
-        try:
-            if self.config.mode == "guidelines":
-                candidate = await self._guidelines(rubric, usable, rng, outcome, shown)
-            else:
-                candidate = await self._merge_mode(rubric, usable, rng, outcome, shown)
-            self.check(candidate, usable)
-            outcome.rubric, outcome.accepted, outcome.reason = candidate, True, "passed validation"
-        except (JudgeError, RubricError, ValueError) as exc:
-            outcome.reason = f"{type(exc).__name__}: {exc}"
-            log.warning("meta step for %s kept the current rubric: %s", lineage, outcome.reason)
+        # Meta work yields to rewards when it shares their judge: its calls wait behind queued reward calls.
+        with background_requests():
+            try:
+                if self.config.mode == "guidelines":
+                    candidate = await self._guidelines(rubric, usable, rng, outcome, shown)
+                else:
+                    candidate = await self._merge_mode(rubric, usable, rng, outcome, shown)
+                self.check(candidate, usable)
+                outcome.rubric, outcome.accepted, outcome.reason = candidate, True, "passed validation"
+            except (JudgeError, RubricError, ValueError) as exc:
+                outcome.reason = f"{type(exc).__name__}: {exc}"
+                log.warning("meta step for %s kept the current rubric: %s", lineage, outcome.reason)
         outcome.duration_s = time.perf_counter() - started
         return outcome
 
