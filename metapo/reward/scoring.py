@@ -155,15 +155,20 @@ class LogprobScorer:
 
     intro = "Grade the response below against the rubric, one criterion at a time."
 
-    def messages(self, rubric: Rubric, view: JudgeView, item: RubricItem) -> list[dict[str, str]]:
-        """The request for one item's score."""
-        question = Question.of(item)
-        user = f"{graded_prompt(self.intro, rubric, view)}\n\n{question.ask(f'criterion [{item.id}]')}"
+    def messages(
+        self, rubric: Rubric, view: JudgeView, item: RubricItem, shared: str | None = None
+    ) -> list[dict[str, str]]:
+        """The request for one item's score (``shared``: :func:`graded_prompt` of this sample, if built already)."""
+        if shared is None:
+            shared = graded_prompt(self.intro, rubric, view)
+        user = f"{shared}\n\n{Question.of(item).ask(f'criterion [{item.id}]')}"
         return [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
+        shared = graded_prompt(self.intro, rubric, view)  # fenced once per sample, not once per item
+
         async def one(item: RubricItem) -> float:
-            return await Question.of(item).answer(judge, self.messages(rubric, view, item))
+            return await Question.of(item).answer(judge, self.messages(rubric, view, item, shared))
 
         # A TaskGroup cancels the other items' calls as soon as one fails: the sample is unscored anyway.
         try:
