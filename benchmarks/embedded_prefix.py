@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import run_variant, table, variant_main, write_result  # noqa: E402
 
-FULL = {"prompts": 3, "completions": 4, "meta_tokens": 100, "steps": 2}
+FULL = {"prompts": 2, "completions": 4, "meta_tokens": 100, "steps": 2}
 QUICK = {"prompts": 1, "completions": 4, "meta_tokens": 48, "steps": 1}
 
 # Short essays of mixed quality (50-word limit, as the demo), so the scores spread out.
@@ -239,6 +239,10 @@ def main() -> None:
         return
     params = QUICK if args.quick else FULL
     payload: dict[str, Any] = {"params": params}
+    previous = Path(__file__).resolve().parent / "results" / "embedded_prefix.json"
+    if args.only and previous.exists():  # one part re-run: keep the other part's last figures
+        kept = json.loads(previous.read_text())
+        payload.update({k: kept[k] for k in ("prefix", "priority") if k in kept and k != args.only})
     script = Path(__file__)
     if args.only in (None, "prefix"):
         result = run_variant(script, "prefix", params)

@@ -9,7 +9,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Sized for 2 CPU cores: ~16 s per GRPO step of 4 completions and ~1 s per judge call.
+# Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 7): a GRPO step of 4 completions of up to 128 tokens
+# takes ~45-60 s (generation ~20 s, judge ~10-15 s, update ~8 s); setup ~30-70 s. Full: 16 steps and 3 meta steps,
+# estimated ~12 min (limit 20). Quick: 4 steps and 1 meta step, estimated ~4.5 min (limit 5).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "training": {"max_steps": 16, "max_completion_length": 128},
@@ -23,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "quick": {
-        "training": {"max_steps": 5, "max_completion_length": 128},
+        "training": {"max_steps": 4, "max_completion_length": 128},
         "mpo": {
             "interval": 2,
             "samples": 1,
@@ -48,7 +50,12 @@ BASE: dict[str, Any] = {
         "model": "qwen2.5-coder-1.5b-instruct-q4_k_m",
         "n_ctx": 8192,
         "n_threads": 2,
+        # Reward calls one at a time (every call of a sample reuses the slot's cached prompt prefix); the meta
+        # step gets a slot of its own, so a reward call never waits behind a meta-judge generation: llama.cpp
+        # batches the two.
         "max_concurrency": 1,
+        "n_parallel": 2,
+        "background_concurrency": 1,
     },
     "reward": {"scoring": "logprob", "max_judge_chars": 1500},
     "mpo": {
