@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metapo.eval.generate import STYLE_SUFFIXES, generate, render_prompt, repair_jsonl_tail, resolve_model
+from metapo.eval.generate import (
+    STYLE_SUFFIXES,
+    generate,
+    render_prompt,
+    repair_jsonl_tail,
+    resolve_model,
+    sample_batch,
+)
 from metapo.eval.ranking import evaluate_ranking, sequence_logprobs
 
 
@@ -88,6 +95,22 @@ def test_near_greedy_default_and_limit(tiny_model_dir: Path, tmp_path: Path) -> 
     assert summary.generated == 3
     record = _lines(out)[0]
     assert record["generation"]["temperature"] == 0.01 and record["generation"]["max_new_tokens"] == 4
+
+
+def test_sample_batch_stops_at_eos_and_says_whether_it_ended(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = [tokenizer("a short prompt")["input_ids"], tokenizer("and a much longer second prompt here")["input_ids"]]
+    free = sample_batch(model, tokenizer, ids, eos_ids=[], max_new_tokens=5, temperature=0.0, top_p=1.0, seed=0)
+    assert [(ended, n) for _, ended, n in free] == [(False, 5), (False, 5)]
+    # Declare a token of the greedy continuation an EOS: the text stops right before its first occurrence.
+    enc = tokenizer.pad({"input_ids": ids[:1]}, return_tensors="pt")
+    seq = model.generate(**enc, max_new_tokens=5, do_sample=False)[0, enc["input_ids"].shape[1] :].tolist()
+    k = next((i for i in range(1, len(seq)) if seq[i] not in seq[:i]), 0)
+    cut = sample_batch(model, tokenizer, ids[:1], eos_ids=[seq[k]], max_new_tokens=5, temperature=0.0, top_p=1.0, seed=0)
+    assert cut == [(tokenizer.decode(seq[:k], skip_special_tokens=True), True, k)]
 
 
 def test_render_prompt_appends_a_style_suffix_to_the_last_user_turn() -> None:

@@ -233,7 +233,6 @@ class _HFGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.settings = settings
-        self.torch = torch
         tokenizer_path = model_path
         if (Path(model_path) / "adapter_config.json").is_file() and not (
             Path(model_path) / "config.json"
@@ -254,34 +253,59 @@ class _HFGenerator:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
     def __call__(self, prompts: list[str], batch_seed: int) -> list[tuple[str, str, int]]:
-        torch = self.torch
         s = self.settings
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.device
+        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        out = sample_batch(
+            self.model, self.tokenizer, ids, eos_ids=self.eos_ids, max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature, top_p=s.top_p, seed=batch_seed,
         )
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": s.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": sorted(self.eos_ids),
-        }
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        # Seeding per batch makes a batch's output independent of what ran before it (resumed runs included).
-        torch.manual_seed(batch_seed)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        results = []
-        for seq in out[:, enc["input_ids"].shape[1] :].tolist():
-            n = len(seq)
-            finish = "length"
-            for i, tok in enumerate(seq):
-                if tok in self.eos_ids:
-                    n, finish = i, "stop"
-                    break
-            results.append((self.tokenizer.decode(seq[:n], skip_special_tokens=True), finish, n))
-        return results
+        return [(text, "stop" if ended else "length", n) for text, ended, n in out]
+
+
+def sample_batch(
+    model: Any,
+    tokenizer: Any,
+    input_ids: Sequence[Sequence[int]],
+    *,
+    eos_ids: Iterable[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> list[tuple[str, bool, int]]:
+    """One batched ``generate`` call on left-padded prompts: ``(text, ended_with_eos, new_tokens)`` per prompt.
+
+    ``temperature = 0`` decodes greedily; otherwise sampling with ``top_p`` and top-k off. The text stops before
+    the first EOS token and skips special tokens. The seed is set right before generating, so a batch's output
+    does not depend on what ran before it (resumed runs included).
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    enc = tokenizer.pad({"input_ids": [list(x) for x in input_ids]}, return_tensors="pt").to(device)
+    eos = set(eos_ids)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": sorted(eos),
+    }
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        generated = model.generate(**enc, **kwargs)
+    results = []
+    for seq in generated[:, enc["input_ids"].shape[1] :].tolist():
+        n, ended = len(seq), False
+        for i, token in enumerate(seq):
+            if token in eos:
+                n, ended = i, True
+                break
+        results.append((tokenizer.decode(seq[:n], skip_special_tokens=True), ended, n))
+    return results
 
 
 class _VLLMGenerator:

@@ -151,7 +151,7 @@ class HFPolicy:
         max_new_tokens: int | None = None,
     ) -> list[list[Sample]]:
         """See :meth:`Policy.generate`."""
-        import torch
+        from metapo.eval.generate import sample_batch
 
         texts = [
             self.render(p, prefixes[i] if prefixes else "") for i, p in enumerate(prompts) for _ in range(n)
@@ -161,39 +161,22 @@ class HFPolicy:
         special = [isinstance(p, str) for p in prompts for _ in range(n)]
         out: list[Sample] = []
         opts = self.options
-        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        self.tokenizer.padding_side = "left"
         try:
             for start in range(0, len(texts), opts.batch_size):
-                chunk = texts[start : start + opts.batch_size]
                 ids = [
                     self.tokenizer(t, add_special_tokens=special[start + j])["input_ids"]
-                    for j, t in enumerate(chunk)
+                    for j, t in enumerate(texts[start : start + opts.batch_size])
                 ]
-                enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
-                kwargs: dict[str, Any] = {
-                    "max_new_tokens": max_new_tokens or opts.max_new_tokens,
-                    "pad_token_id": self.tokenizer.pad_token_id,
-                    "eos_token_id": sorted(self.eos_ids),
-                }
-                if opts.temperature > 0:
-                    kwargs.update(do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0)
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 # One seed per batch: a batch's samples do not depend on what other code drew before it.
-                torch.manual_seed(opts.seed + self._batches)
+                batch = sample_batch(
+                    self.model, self.tokenizer, ids, eos_ids=self.eos_ids,
+                    max_new_tokens=max_new_tokens or opts.max_new_tokens, temperature=opts.temperature,
+                    top_p=opts.top_p, seed=opts.seed + self._batches,
+                )
                 self._batches += 1
-                with torch.inference_mode():
-                    generated = self.model.generate(**enc, **kwargs)
-                for seq in generated[:, enc["input_ids"].shape[1] :].tolist():
-                    ended = False
-                    for i, token in enumerate(seq):
-                        if token in self.eos_ids:
-                            seq, ended = seq[:i], True
-                            break
-                    out.append(cut_at_stop(self.tokenizer.decode(seq, skip_special_tokens=True), ended, stop))
+                out.extend(cut_at_stop(text, ended, stop) for text, ended, _ in batch)
         finally:
             self.model.train(was_training)
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from metapo.prefmodels.data import RewardCollator, encode_rows, load_rows
 from metapo.prefmodels.losses import (
@@ -33,6 +32,7 @@ from metapo.prefmodels.losses import (
     themis_loss,
 )
 from metapo.prefmodels.model import KINDS, HeadSpec, PreferenceNet
+from metapo.train.loss_trainer import LossOnlyTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-class PreferenceModelTrainer(Trainer):
+class PreferenceModelTrainer(LossOnlyTrainer):
     """``transformers.Trainer`` for the ``gpm``, ``vector`` and ``themis`` heads (see the module docstring).
 
     Args:
@@ -184,12 +184,6 @@ class PreferenceModelTrainer(Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        # Losses are batch means: Trainer must divide by the accumulation steps itself.
-        self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The kind's loss on one batch, with accuracy and margin metrics."""
@@ -232,23 +226,6 @@ class PreferenceModelTrainer(Trainer):
                 metrics["accuracy"].append((chosen > rejected).float().mean().item())
                 metrics["margin"].append((chosen - rejected).mean().item())
         return (loss, out) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation computes the loss (there are no labels to predict)."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged head metrics of the current mode."""
-        mode = "train" if self.model.training else "eval"
-        averaged = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "eval":
-            averaged = {f"eval_{k}": v for k, v in averaged.items()}
-        logs.update(averaged)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         target = Path(output_dir or self.args.output_dir)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from metapo.objectives import (
     ObjectiveSpec,
@@ -46,6 +46,7 @@ from metapo.objectives import (
     token_kl,
 )
 from metapo.objectives.base import masked_sum
+from metapo.train.loss_trainer import LossOnlyTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -621,7 +622,7 @@ class _Forward:
     logits: torch.Tensor | None = None
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(LossOnlyTrainer):
     """Preference-optimization trainer for every objective in the registry.
 
     Args:
@@ -708,12 +709,6 @@ class PreferenceTrainer(Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        # Objectives return batch means, never sums over tokens: Trainer must divide by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
         self.ref_model = self._prepare_reference(ref_model) if ref_model is not None else None
         if args.precompute_ref_log_probs and self.plan.reference_slots and not self.reference_supplied:
             self.train_dataset = self._precompute_reference(self.train_dataset)
@@ -1049,23 +1044,6 @@ class PreferenceTrainer(Trainer):
             metrics["logps/rejected"].append(r.mean().item())
         for key, value in out.metrics.items():
             metrics[f"objective/{key}"].append(gather(value.reshape(1)).float().mean().item())
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation computes the objective (there are no labels to predict)."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged objective metrics of the current mode to the log."""
-        mode = "train" if self.model.training else "eval"
-        averaged = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
-        if mode == "eval":
-            averaged = {f"eval_{k}": v for k, v in averaged.items()}
-        logs.update(averaged)
-        super().log(logs, start_time)
-        self._metrics[mode].clear()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # Auxiliary heads (SparsePO masks, SPO's degree classifier) are training-time only: keep them out of the
