@@ -137,6 +137,8 @@ def run_prefix(p: dict[str, Any]) -> dict[str, Any]:
 
     async def go() -> None:
         for name, rubric in _rubrics().items():
+            if p.get("rubric") not in (None, name):
+                continue
             rows = {layout: {"seconds": 0.0, "processed": 0, "samples": 0, "scores": []} for layout in layouts}
             for k, prompt in enumerate(_prompts(p["prompts"])):
                 essays = [ESSAYS[(k * p["completions"] + j) % len(ESSAYS)] for j in range(p["completions"])]
@@ -227,6 +229,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="One prompt, one step: a smoke run.")
     parser.add_argument("--only", choices=("prefix", "priority"), help="Run one part.")
+    parser.add_argument(
+        "--rubric", choices=("1", "4"), help="prefix: only the 1-item or the 4-item rubric (the other's last figures kept)."
+    )
     args = parser.parse_args()
     try:
         import xllamacpp  # noqa: F401
@@ -242,11 +247,16 @@ def main() -> None:
     previous = Path(__file__).resolve().parent / "results" / "embedded_prefix.json"
     if args.only and previous.exists():  # one part re-run: keep the other part's last figures
         kept = json.loads(previous.read_text())
-        payload.update({k: kept[k] for k in ("prefix", "priority") if k in kept and k != args.only})
+        payload.update({k: kept[k] for k in ("prefix", "priority") if k in kept and (k != args.only or args.rubric)})
     script = Path(__file__)
     if args.only in (None, "prefix"):
-        result = run_variant(script, "prefix", params)
+        chosen = {"1": "1 item", "4": "4 items"}.get(args.rubric or "")
+        result = run_variant(script, "prefix", {**params, "rubric": chosen})
         rows, summary = [], {}
+        kept = payload.get("prefix") or {}
+        if chosen:  # keep the other rubric's figures from the last run
+            for name, layouts in kept.get("raw", {}).get("rubrics", {}).items():
+                result["rubrics"].setdefault(name, layouts)
         for name, layouts in result["rubrics"].items():
             before, after = layouts["before"], layouts["after"]
             per = {k: {"s_per_sample": v["seconds"] / v["samples"], "tokens_per_sample": v["processed"] / v["samples"]}
