@@ -167,10 +167,9 @@ def run_priority(p: dict[str, Any]) -> dict[str, Any]:
     task = EssayTask(word_limit=50)
     rubric = _rubrics()["1 item"]
     mode = p["mode"]
-    backend = _backend(2 if mode == "background_slot" else 1)
-    client = JudgeClient(
-        backend, model_id="embedded", max_concurrency=1, background_concurrency=1 if mode == "background_slot" else 0
-    )
+    slot = mode.startswith("background_slot")
+    backend = _backend(2 if slot else 1)
+    client = JudgeClient(backend, model_id="embedded", max_concurrency=1, background_concurrency=1 if slot else 0)
     scorer = LogprobScorer()
     prompts = _prompts(p["steps"] + 1)
     stop = threading.Event()
@@ -215,6 +214,7 @@ def run_priority(p: dict[str, Any]) -> dict[str, Any]:
 
 
 VARIANTS = {"prefix": run_prefix, "priority": run_priority}
+MODES = ("fifo", "priority", "background_slot")
 
 
 def _agreement(xs: list[float], ys: list[float]) -> dict[str, float]:
@@ -229,6 +229,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="One prompt, one step: a smoke run.")
     parser.add_argument("--only", choices=("prefix", "priority"), help="Run one part.")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="priority: which ways of running the meta calls to measure (default all).",
+    )
     parser.add_argument(
         "--rubric", choices=("1", "4"), help="prefix: only the 1-item or the 4-item rubric (the other's last figures kept)."
     )
@@ -247,7 +254,8 @@ def main() -> None:
     previous = Path(__file__).resolve().parent / "results" / "embedded_prefix.json"
     if args.only and previous.exists():  # one part re-run: keep the other part's last figures
         kept = json.loads(previous.read_text())
-        payload.update({k: kept[k] for k in ("prefix", "priority") if k in kept and (k != args.only or args.rubric)})
+        keep = {"prefix": bool(args.rubric), "priority": args.modes != list(MODES)}
+        payload.update({k: kept[k] for k in ("prefix", "priority") if k in kept and (k != args.only or keep[k])})
     script = Path(__file__)
     if args.only in (None, "prefix"):
         chosen = {"1": "1 item", "4": "4 items"}.get(args.rubric or "")
@@ -282,7 +290,9 @@ def main() -> None:
         payload["prefix"] = {"raw": result, "summary": summary}
     if args.only in (None, "priority"):
         rows, summary = [], {}
-        for mode in ("fifo", "priority", "background_slot"):
+        kept_modes = payload.get("priority") or {} if args.modes != list(MODES) else {}
+        summary.update(kept_modes)
+        for mode in args.modes:
             r = run_variant(script, "priority", {**params, "mode": mode})
             ratio = statistics.fmean(r["with_meta_s"]) / statistics.fmean(r["alone_s"])
             summary[mode] = {**r, "ratio": ratio}
