@@ -10,8 +10,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 7): a GRPO step of 4 completions of up to 128 tokens
-# takes ~45-60 s (generation ~20 s, judge ~10-15 s, update ~8 s); setup ~30-70 s. Full: 16 steps and 3 meta steps,
-# estimated ~12 min (limit 20). Quick: 4 steps and 1 meta step, estimated ~4.5 min (limit 5).
+# takes ~35-45 s (generation ~19 s, judge ~10-15 s, update ~7 s), setup 30-70 s. Estimated: full (16 steps, 3 meta
+# steps) ~14 min, limit 20; quick (4 steps, 1 meta step) ~4 min, limit 5.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "training": {"max_steps": 16, "max_completion_length": 128},
