@@ -28,6 +28,7 @@ BENCHMARKS = (
     "score_cache",
     "embedded_demo",
     "adversarial_text",
+    "service_overhead",
     "embedded_prefix",
 )
 # Minutes of the embedded 1.5B judge even at small sizes: left out of --quick unless named with --only.
@@ -80,6 +81,14 @@ def _summary(name: str) -> str:
         return (
             f"adversarial text: worst time growth per doubling of the input {worst:.2f} over "
             f"{len(data['stages'])} stages (linear ~2, quadratic ~4)"
+        )
+    if name == "service_overhead":
+        return (
+            f"reward service: overhead vs in-process {data['overhead_service_vs_in_process']:.3f} (target <= 1.05: "
+            f"{'met' if data['overhead_target_met'] else 'NOT met'}); 8 verl workers at "
+            f"{data['throughput_verl8_vs_capacity']:.3f} of judge capacity (target >= 0.95: "
+            f"{'met' if data['throughput_target_met'] else 'NOT met'}; in-process "
+            f"{data['throughput_in_process_vs_capacity']:.3f})"
         )
     result = data["result"]
     return (

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "metapo.judges.cli",
     "metapo.models.cli",
     "metapo.prefmodels.cli",
+    "metapo.service.cli",
 )
 
 

@@ -71,3 +71,34 @@ def test_the_sft_recipe_example_loads() -> None:
 
     config = load_config(RecipeConfig, EXAMPLES / "sft_recipe.yaml")
     assert config.lr_divisor == 4 and config.divergence == "reverse_kl" and config.dpo["objective"] == "dpo"
+
+
+def test_the_service_example_loads() -> None:
+    from metapo.service.config import load_serve_config
+
+    cfg = load_serve_config(EXAMPLES / "service" / "essay_service.yaml", [])
+    assert cfg.run.task == "essay" and cfg.service.host == "127.0.0.1" and cfg.service.token_env
+
+
+def test_the_engine_data_layouts_carry_what_the_service_reads() -> None:
+    import importlib.util
+    import json
+
+    from metapo.integrations.verl import request_body
+    from metapo.service.contracts import parse_openrlhf
+
+    spec = importlib.util.spec_from_file_location("prepare_data", EXAMPLES / "service" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    example = module.rows("essay", None, 2)[0]
+    verl_row = module.for_verl(example, "essay")
+    assert verl_row["prompt"] == example["prompt"] and verl_row["reward_model"]["style"] == "model"
+    sample = request_body(verl_row["data_source"], "An essay.", None, verl_row["extra_info"])["samples"][0]
+    assert sample["prompt"] == example["task_input"] and sample["columns"]["lineage"] == "default"
+    assert sample["columns"]["writing_prompt"] == example["writing_prompt"]
+    rlhf_row = module.for_openrlhf(example)
+    assert json.loads(rlhf_row["label"])["task_input"] == example["task_input"]
+    templated = "<|im_start|>user\n" + rlhf_row["prompt"][-1]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+    (parsed,) = parse_openrlhf({"query": [templated + "An essay.<|im_end|>"], "prompts": [templated], "labels": [rlhf_row["label"]]}, 8)
+    # The label's task_input (the bare writing prompt) wins over the templated instruction.
+    assert parsed.completion == "An essay." and parsed.columns["task_input"] == example["task_input"]

@@ -71,6 +71,28 @@ CASES: dict[str, tuple[str, str]] = {
     "online-config-is-dir": ("train-online --config {dir}", "config file {dir} is a directory"),
     "online-bad-rounds": ("train-online rounds=abc", "rounds='abc' is not valid"),
     "online-unknown-method": ("train-online method=nope", "unknown online method 'nope'"),
+    # serve-reward
+    "serve-config-missing": ("serve-reward --config {missing}", "config file {missing} does not exist"),
+    "serve-config-is-dir": ("serve-reward --config {dir}", "config file {dir} is a directory"),
+    "serve-unknown-setting": ("serve-reward service.prot=1", "unknown setting(s) service.prot"),
+    "serve-bad-port": ("serve-reward --port 70000", "service.port=70000; choose 0..65535"),
+    "serve-bad-limit": ("serve-reward service.max_batch=0", "service.max_batch=0; it must be >= 1"),
+    "serve-token-env-not-a-name": (
+        "serve-reward service.token_env=my-token",
+        "service.token_env='my-token' is not an environment variable name",
+    ),
+    "serve-token-env-unset": (
+        "serve-reward service.token_env=METAPO_TEST_SURELY_UNSET_TOKEN",
+        "names METAPO_TEST_SURELY_UNSET_TOKEN, which is unset or empty",
+    ),
+    "serve-unknown-task": ("serve-reward --port 0 --output-dir {dir}/r task=nope", "unknown task 'nope'"),
+    "serve-output-dir-is-file": ("serve-reward --port 0 --output-dir {text}", "output_dir {text} is a file"),
+    "serve-output-dir-unwritable": (
+        "serve-reward --port 0 --output-dir {text}/sub",
+        "output_dir {text}/sub cannot be created",
+    ),
+    "serve-training-run-dir": ("serve-reward --port 0 --output-dir {trained}", "holds a training run"),
+    "serve-bad-host": ("serve-reward --host no-such-host.invalid", "service.host='no-such-host.invalid' cannot be resolved"),
     # rubric
     "rubric-show-unknown-version": ("rubric show {run} --version 99", "has no version 99; available: [0, 1]"),
     "rubric-show-unknown-lineage": ("rubric show {run} --lineage nope", "no rubric lineage 'nope'"),
@@ -167,6 +189,9 @@ def inputs(tmp_path: Path) -> dict[str, str]:
             f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
         )
     )
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.yaml").write_text("task: essay\n")
     broken = tmp_path / "broken"
     RubricStore(broken / "rubrics").add(Rubric.single("Quality", "How good it is."))
     (broken / "rubrics" / "default" / "v0001.json").write_text('{"version": 1, "lineage": "default", "rub')
@@ -180,6 +205,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
         "list_yaml": str(list_yaml),
         "run": str(run),
         "generations": str(generations),
+        "trained": str(trained),
     }
 
 
@@ -260,3 +286,16 @@ def test_the_console_entry_prints_no_traceback(case: str, inputs: dict[str, str]
     )
     assert done.returncode == 2, done
     _assert_one_error_line(done.stderr, culprit.format(**inputs))
+
+
+def test_serve_reward_on_a_port_in_use_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["serve-reward", "--port", str(port), "--output-dir", str(tmp_path / "r")])
+    assert code == 2
+    _assert_one_error_line(capsys.readouterr().err, f"cannot listen on 127.0.0.1:{port}")
+    assert not (tmp_path / "r").exists(), "nothing is written when the port is taken"

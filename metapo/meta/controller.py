@@ -105,10 +105,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         return self.meta_judge is not None and self.config.every > 0
 
     # ----- fed by the reward function --------------------------------------------------------------
-    def record(self, samples: list[ScoredSample]) -> None:
+    def record(self, samples: list[ScoredSample], *, log_samples: bool = True) -> None:
         """Add one rollout batch of scored samples to the window and the run log (the reward calls this once per
-        generation round)."""
-        if self.run_dir is not None:
+        generation round). ``log_samples=False``: the caller has already logged them (the reward service)."""
+        if self.run_dir is not None and log_samples:
             append_jsonl(self.run_dir / self._samples_file, (s.to_dict() for s in samples))
         with self._lock:
             self.rollouts += 1
@@ -174,6 +174,43 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             self.wait()
             self._sync_versions()
         self._executor.shutdown(wait=True)
+
+    # ----- driven from outside a trainer (the reward service) -------------------------------------
+    @property
+    def running(self) -> bool:
+        """Whether a meta step is in flight."""
+        return self._job is not None and not self._job.done()
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples waiting for a meta step or held by the running one."""
+        with self._lock:
+            return len(self.window) + len(self._in_flight)
+
+    def start_meta_step(self, step: int) -> Future | None:
+        """Publish a finished meta step, then start one on the window now (no trainer hooks needed).
+
+        Returns:
+            The running job (wait on it, then call :meth:`publish_finished`), or ``None`` when none started
+            (one is still running, the window is empty, or meta steps are off).
+        """
+        if not self.enabled:
+            return None
+        self._publish_finished()
+        before = self._job
+        self._trigger(step)
+        return self._job if self._job is not before else None
+
+    def publish_finished(self) -> None:
+        """Apply the result of a finished meta step: new versions are stored and put in force at once."""
+        self._publish_finished()
+
+    def restore_window(self, window: list[ScoredSample], baseline: list[ScoredSample] | None = None) -> None:
+        """Put back the samples no finished meta step has used yet (and the detector baseline) after a restart."""
+        with self._lock:
+            self.window = list(window) + self.window
+        if baseline is not None:
+            self._baseline = list(baseline)
 
     # ----- meta steps ------------------------------------------------------------------------------
     def _trigger(self, step: int, start_job: bool = True) -> None:

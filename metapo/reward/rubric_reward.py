@@ -194,14 +194,7 @@ class RubricReward:
         columns = {k: v for k, v in kwargs.items() if k not in _TRL_KWARGS}
         rows = [{k: v[i] for k, v in columns.items()} for i in range(len(prompts))]
         started = time.perf_counter()
-        samples = await asyncio.gather(
-            *(
-                self._score_one(
-                    prompts[i], completions[i], rows[i], completion_ids[i] if completion_ids else None, step
-                )
-                for i in range(len(prompts))
-            )
-        )
+        samples = await self.score(prompts, completions, rows, completion_ids, step=step)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             n = max(len(samples), 1)
@@ -216,11 +209,42 @@ class RubricReward:
                 log_metric("rubric/raw_score", sum(s.raw_score or 0.0 for s in judged) / len(judged))
             for name, value in (self.extra_metrics() if self.extra_metrics else {}).items():
                 log_metric(name, value)
+        self.finish(samples)
+        return [s.reward for s in samples]
+
+    async def score(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        rows: Sequence[dict[str, Any]],
+        completion_ids: Sequence[list[int] | None] | None = None,
+        *,
+        step: int = 0,
+    ) -> list[ScoredSample]:
+        """Score a batch without reporting it: one dict of dataset columns per sample (rows may differ in keys).
+
+        The reward service calls this and then :meth:`finish`; ``__call__`` is the two together for TRL.
+        """
+        samples = await asyncio.gather(
+            *(
+                self._score_one(
+                    prompts[i], completions[i], dict(rows[i]), completion_ids[i] if completion_ids else None, step
+                )
+                for i in range(len(prompts))
+            )
+        )
+        return list(samples)
+
+    def finish(self, samples: Sequence[ScoredSample]) -> None:
+        """Report a scored batch to ``on_scored`` and count its failures.
+
+        Raises:
+            JudgeUnavailableError: Too many samples that needed the judge went unscored.
+        """
         if self.on_scored is not None:
             self.on_scored(list(samples))
         # Counted after the samples are logged, so the batch that stops a run is in the run log too.
         self._stop_if_down(self._account(samples))
-        return [s.reward for s in samples]
 
     def _check_trainer(self, log_metric: Any) -> None:
         """Warn once when TRL combines this reward with others: TRL then adds a ``None`` as 0."""
@@ -290,6 +314,9 @@ class RubricReward:
         version = self.rubrics.get(lineage)
         rubric = version.rubric
         ended = None if ids is None or not self.eos_token_ids else bool(ids and ids[-1] in self.eos_token_ids)
+        if ended is None and isinstance(columns.get("ended"), bool):
+            # A remote engine that knows whether generation stopped at EOS says so in this column.
+            ended = columns["ended"]
         sample = ScoredSample(
             prompt=task_input,
             completion=text,

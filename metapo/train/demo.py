@@ -9,7 +9,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 7): a GRPO step of 4 completions of up to 128 tokens
+# Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 8): a GRPO step of 4 completions of up to 128 tokens
 # takes ~35-45 s (generation ~19 s, judge ~10-15 s, update ~7 s), setup 30-70 s. Estimated: full (16 steps, 3 meta
 # steps) ~14 min, limit 20; quick (4 steps, 1 meta step) ~4 min, limit 5.
 PRESETS: dict[str, dict[str, Any]] = {
