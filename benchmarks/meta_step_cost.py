@@ -38,13 +38,17 @@ QUICK = {**FULL, "steps": 6, "interval": 2, "meta_latency_s": 0.2}
 TARGET = 1.05
 # "non_blocking_last_step" starts a meta step at the last step too, as the callback did before it stopped
 # doing so; the run then waits for a rubric nothing uses (kept to show what that change saved).
-VARIANT_NAMES = ("no_meta", "non_blocking", "blocking", "non_blocking_last_step")
+# "non_blocking_gate" runs the acceptance gate (mpo.acceptance, on by default in real runs) inside each
+# background meta step, scoring its probes with the reward judge; the other meta variants run without it, so
+# the gate's own cost is the difference between the two non-blocking rows.
+VARIANT_NAMES = ("no_meta", "non_blocking", "non_blocking_gate", "blocking", "non_blocking_last_step")
 
 
 def run(p: dict[str, Any]) -> dict[str, Any]:
     from _grpo import StepClock, timed_train, trainer
 
     from metapo.judges import JudgeClient, OpenAIHTTPBackend
+    from metapo.meta.acceptance import AcceptanceGate
     from metapo.meta.controller import MetaPolicyOptimizationCallback
     from metapo.meta.meta_judge import MetaConfig, MetaJudge
     from metapo.reward.rubric_reward import RubricReward, RubricRewardConfig
@@ -63,6 +67,7 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
         )
         interval = 0 if variant == "no_meta" else p["interval"]
         mpo = MetaConfig(interval=interval, samples=p["meta_samples"], blocking=variant == "blocking")
+        mpo.acceptance.enabled = variant == "non_blocking_gate"
         meta_judge = None
         if interval:
             meta_client = JudgeClient(OpenAIHTTPBackend([meta.url]), model_id="scripted-meta", timeout_s=60)
@@ -80,6 +85,8 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
             on_scored=controller.record,
             extra_metrics=controller.metrics,
         )
+        if mpo.acceptance.enabled:
+            controller.acceptance = AcceptanceGate(reward, mpo.acceptance)
         # Time the training loop spends blocked on meta steps (blocking mode, and the drain at the end).
         waited = [0.0]
         wait = controller.wait
@@ -102,6 +109,11 @@ def run(p: dict[str, Any]) -> dict[str, Any]:
             blocked_on_meta_s=waited[0],
             meta_step_seconds_total=meta_seconds,
             rubric_version=active.get().version,
+            gate_judge_calls=controller.acceptance.judge_calls if controller.acceptance else 0,
+            gate_rejected=controller.gate_rejected,
+            gate_seconds_total=sum(
+                (e.get("acceptance") or {}).get("duration_s", 0.0) for e in controller.events if "accepted" in e
+            ),
         )
     return out
 
@@ -142,6 +154,9 @@ def main() -> None:
             "steps_during_meta": [r["steps_during_meta"] for r in results],
             "meta_step_seconds_total_median": median_of(results, "meta_step_seconds_total"),
             "peak_rss_mib_max": max(r["peak_rss_mib"] for r in results),
+            "gate_judge_calls": [r.get("gate_judge_calls", 0) for r in results],
+            "gate_rejected": [r.get("gate_rejected", 0) for r in results],
+            "gate_seconds_total_median": median_of(results, "gate_seconds_total"),
         }
         s = summary[name]
         rows.append(
@@ -175,9 +190,13 @@ def main() -> None:
         )
     )
     ratio = summary["non_blocking"]["vs_no_meta"]
+    gated = summary["non_blocking_gate"]["vs_no_meta"]
     met = ratio <= TARGET
     print(
         f"\nnon-blocking / no-meta: {ratio:.3f} (target <= {TARGET}: {'met' if met else 'NOT met'}); "
+        f"with the acceptance gate: {gated:.3f} ({'met' if gated <= TARGET else 'NOT met'}; gate judge calls "
+        f"{summary['non_blocking_gate']['gate_judge_calls']}, gate seconds "
+        f"{summary['non_blocking_gate']['gate_seconds_total_median']:.2f}); "
         f"blocking / no-meta: {summary['blocking']['vs_no_meta']:.3f}"
     )
     params.pop("policy")
@@ -190,7 +209,9 @@ def main() -> None:
             "summary": summary,
             "target": TARGET,
             "non_blocking_vs_no_meta": ratio,
+            "non_blocking_gate_vs_no_meta": gated,
             "target_met": met,
+            "target_met_with_gate": gated <= TARGET,
         },
     )
     print(f"wrote {path}")

@@ -80,7 +80,7 @@ def test_two_ranks_share_window_and_versions(tiny_model_dir: Path, tmp_path: Pat
             tiny_model_dir,
             run_dir,
             judge.url,
-            mpo={"interval": 2, "samples": 2, "blocking": True},
+            mpo={"interval": 2, "samples": 2, "blocking": True, "acceptance": {"enabled": False}},
             training={"max_steps": 3},
         )
         path = tmp_path / "run.yaml"

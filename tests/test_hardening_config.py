@@ -36,6 +36,24 @@ BAD_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "number-for-url-list": ({"judge": {"base_urls": 5}}, "judge.base_urls=5 is not valid"),
     "numbers-in-url-list": ({"judge": {"base_urls": [1, 2]}}, "judge.base_urls=[1, 2] is not valid"),
     "unknown-literal": ({"mpo": {"mode": "mergee"}}, "mpo.mode='mergee' is not valid: expected one of"),
+    "acceptance-is-a-number": (
+        {"mpo": {"acceptance": 5}},
+        "mpo.acceptance=5 is not valid: expected a mapping of AcceptanceConfig settings",
+    ),
+    "acceptance-word-for-number": (
+        {"mpo": {"acceptance": {"canary_max": "low"}}},
+        "mpo.acceptance.canary_max='low' is not valid",
+    ),
+    "acceptance-out-of-range": (
+        {"mpo": {"acceptance": {"exemplar_drop": 1.5}}},
+        "mpo.acceptance.exemplar_drop=1.5; choose a value in [0, 1]",
+    ),
+    "acceptance-typo": ({"mpo": {"acceptance": {"canary_maxx": 0.4}}}, "canary_maxx"),
+    "acceptance-missing-exemplars": (
+        {"mpo": {"acceptance": {"exemplars": "/nonexistent/exemplars.jsonl"}}},
+        "mpo.acceptance.exemplars file /nonexistent/exemplars.jsonl does not exist",
+    ),
+    "saturated-std-out-of-range": ({"mpo": {"saturated_std": 2}}, "mpo.saturated_std=2"),
     "number-for-string": ({"model": 123}, "model=123 is not valid: expected a string"),
     "training-not-a-mapping": ({"training": 5}, "training=5 is not valid: expected a mapping"),
     "training-value": ({"training": {"max_steps": "many"}}, "training.max_steps='many' is not valid"),

@@ -33,6 +33,8 @@ def _metric(text: str, name: str) -> float:
 def test_the_three_contracts_score_with_the_rubric_and_carry_its_version(tmp_path: Path) -> None:
     with ScriptedJudge() as judge, ScriptedJudge(handler=fresh_rubrics()) as meta:
         service = build_service(write_config(tmp_path, judge.url, meta.url))
+        # New rubrics pass the acceptance gate here too, as in metapo train.
+        assert service.controller.acceptance is not None
         with TestClient(create_app(service)) as client:
             native = client.post(
                 "/v1/score", json={"samples": [{"prompt": "Write about rivers", "completion": "rivers carve deep valleys"}]}

@@ -51,7 +51,15 @@ asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 @pytest.mark.slow
 def test_eight_verl_workers_score_while_meta_steps_run_and_publish(tmp_path: Path) -> None:
     with ScriptedJudge(latency_s=0.01) as judge, ScriptedJudge(handler=fresh_rubrics(delay_s=0.2)) as meta:
-        config = write_config(tmp_path, judge.url, meta.url, service={"meta_every_samples": 40})
+        # Publication under concurrent scoring is under test, not the acceptance gate (tests/test_acceptance.py),
+        # which would judge the scripted meta judge's rubrics.
+        config = write_config(
+            tmp_path,
+            judge.url,
+            meta.url,
+            service={"meta_every_samples": 40},
+            mpo={"interval": 2, "samples": 3, "acceptance": {"enabled": False}},
+        )
         with serve_in_thread(create_app(build_service(config))) as url:
             env = {**os.environ, "PYTHONPATH": str(REPO), "METAPO_REWARD_URL": url}
             workers = [

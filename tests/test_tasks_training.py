@@ -42,6 +42,9 @@ def test_each_task_trains_with_meta_steps(task: str, tiny_model_dir: Path, tmp_p
     assert len(samples) == 8
     assert (run / "final" / "config.json").exists() and (run / "final" / "mpo_state.json").exists()
     assert built.controller.meta_steps == 2
+    # The acceptance gate is on by default and sees the task's gold text column (summarization, math).
+    assert built.controller.acceptance is not None
+    assert built.controller.acceptance.reference_column == built.task.meta_reference_column
     # The run's seed seeds meta-step selection; the task sizes what the judges see.
     assert cfg.mpo.seed == 3 and cfg.reward.max_judge_chars == built.task.judge_chars
     assert cfg.mpo.max_sample_chars == built.task.meta_chars
@@ -71,7 +74,14 @@ def test_every_selection_strategy_runs_in_training(
                 "output_dir": str(tmp_path / "run"),
                 "task_options": {"max_completion_tokens": 12},
                 "judge": {"backend": "openai", "model": "scripted", "base_urls": [judge.url], "timeout_s": 5},
-                "mpo": {"interval": 1, "samples": 2, "blocking": True, "selection": selection},
+                # Selection is under test here, not the acceptance gate (tests/test_acceptance.py).
+                "mpo": {
+                    "interval": 1,
+                    "samples": 2,
+                    "blocking": True,
+                    "selection": selection,
+                    "acceptance": {"enabled": False},
+                },
                 "training": {
                     "per_device_train_batch_size": 4,
                     "num_generations": 4,

@@ -1,8 +1,17 @@
-"""The meta-reward model (prescreen, analyze, refine, merge), sample selection, detectors, and the callback."""
+"""The meta-reward model (prescreen, analyze, refine, merge), sample selection, detectors, the acceptance gate,
+and the callback."""
 
+from metapo.meta.acceptance import AcceptanceConfig, AcceptanceGate
 from metapo.meta.meta_judge import MetaConfig, MetaJudge, MetaOutcome
 
-__all__ = ["MetaConfig", "MetaJudge", "MetaOutcome", "MetaPolicyOptimizationCallback"]
+__all__ = [
+    "AcceptanceConfig",
+    "AcceptanceGate",
+    "MetaConfig",
+    "MetaJudge",
+    "MetaOutcome",
+    "MetaPolicyOptimizationCallback",
+]
 
 
 def __getattr__(name: str):

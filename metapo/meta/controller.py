@@ -28,9 +28,12 @@ from typing import Any
 from transformers import TrainerCallback
 
 from metapo.files import append_jsonl, atomic_write_json, read_jsonl
+from metapo.judges.client import background_requests
+from metapo.meta.item_signal import ItemSignal, item_signals
 from metapo.meta.meta_judge import MetaConfig, MetaJudge, MetaOutcome
 from metapo.reward.records import ScoredSample
 from metapo.rubric.active import ActiveRubrics
+from metapo.rubric.diff import diff
 from metapo.rubric.store import RubricVersion, lineage_dirname
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         detector: Optional ``callable(window, baseline) -> report`` whose ``signals`` are logged per window.
         judges: Judge clients whose running counters are logged, by metric prefix
             (e.g. ``{"judge/": reward_judge, "meta_judge/": meta_judge}``).
+        acceptance: The :class:`~metapo.meta.acceptance.AcceptanceGate` a changed rubric must pass, in the
+            background meta step, before it is published (``None``: every valid rubric is adopted).
     """
 
     def __init__(
@@ -70,8 +75,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         run_dir: Path | None = None,
         detector: Any | None = None,
         judges: dict[str, Any] | None = None,
+        acceptance: Any | None = None,
     ) -> None:
         self.meta_judge = meta_judge
+        self.acceptance = acceptance
         self.rubrics = rubrics
         self.config = config
         self.run_dir = Path(run_dir) if run_dir else None
@@ -87,6 +94,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         self.meta_steps = 0
         self.accepted = 0
         self.rejected = 0
+        self.gate_rejected = 0
         self.unchanged = 0
         self.steps_during_meta = 0
         self.rollouts = 0
@@ -127,7 +135,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             "mpo/meta_running": float((self._job is not None and not self._job.done()) or self._remote_running),
             "mpo/lineages": float(len(versions)),
             "mpo/rollouts": float(self.rollouts),
+            "mpo/gate_rejected": float(self.gate_rejected),
         }
+        if self.acceptance is not None:
+            out["mpo/gate_judge_calls"] = float(self.acceptance.judge_calls)
         if current is not None:
             out["mpo/rubric_version"] = float(current.version)
             out["mpo/rubric_items"] = float(len(current.rubric.items))
@@ -225,10 +236,15 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 return
         if self._baseline is None:
             self._baseline = list(local)
+        signals = self._item_signals(local)
         if self.detector is not None and local:
             report = self.detector(local, baseline=self._baseline)
             self.last_signals = report.metrics()
             self.events.append({"step": step, "detectors": report.signals, "fired": report.fired})
+        self.last_signals = {
+            **{k: v for k, v in self.last_signals.items() if not k.startswith("rubric/item_")},
+            **_signal_metrics(signals),
+        }
         running = self._job is not None and not self._job.done()
         if running or not start_job:
             # At most one job in flight: this window joins the next one (or the saved state).
@@ -248,7 +264,7 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
         self._job_step = step
         self.meta_steps += 1
         log.info("step %d: meta step %d started on %d samples", step, self.meta_steps, len(local))
-        self._job = self._executor.submit(self._run_job, step, local)
+        self._job = self._executor.submit(self._run_job, step, local, signals)
 
     def _scored_under(self, lineage: str, samples: list[ScoredSample]) -> dict[int, Any]:
         """The rubric of every version the samples were scored under (each is shown against its own)."""
@@ -260,28 +276,54 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 log.warning("rubric %s v%d is not in the store; its samples are left out", lineage, number)
         return out
 
-    def _run_job(self, step: int, window: list[ScoredSample]) -> list[MetaOutcome]:
+    def _item_signals(self, window: list[ScoredSample]) -> dict[str, list[ItemSignal]]:
+        """Per lineage, the signal of each item of the version in force over the window's samples scored under it."""
+        lineages = sorted({s.lineage for s in window})
+        out = {}
+        for lineage in lineages:
+            current = self.rubrics.get(lineage)
+            samples = [s for s in window if s.lineage == lineage]
+            out[lineage] = item_signals(current.rubric, current.version, samples, self.config.saturated_std)
+            saturated = [s.title for s in out[lineage] if s.saturated]
+            if saturated:
+                log.info("rubric %s v%d: saturated items (no spread within a prompt): %s", lineage, current.version, saturated)
+        return out
+
+    def _run_job(
+        self, step: int, window: list[ScoredSample], signals: dict[str, list[ItemSignal]] | None = None
+    ) -> list[MetaOutcome]:
         assert self.meta_judge is not None
         by_lineage: dict[str, list[ScoredSample]] = defaultdict(list)
         for sample in window:
             by_lineage[sample.lineage].append(sample)
+        signals = signals or {}
+
+        async def one(lineage: str, samples: list[ScoredSample]) -> MetaOutcome:
+            assert self.meta_judge is not None
+            rng = random.Random(f"{self.config.seed or 0}:{step}:{lineage}")
+            current = self.rubrics.get(lineage)
+            outcome = await self.meta_judge.run(
+                lineage,
+                current.rubric,
+                samples,
+                rng,
+                version=current.version,
+                scored_under=self._scored_under(lineage, samples),
+                item_signal=signals.get(lineage, ()),
+            )
+            if (
+                self.acceptance is not None
+                and self.config.acceptance.enabled
+                and outcome.accepted
+                and outcome.rubric is not None
+                and outcome.rubric != current.rubric
+            ):
+                with background_requests():  # the gate's judge calls are meta-step work: rewards go first
+                    await self._gate(outcome, current.rubric, samples)
+            return outcome
 
         async def run_all() -> list[MetaOutcome]:
-            jobs = []
-            for lineage, samples in sorted(by_lineage.items()):
-                rng = random.Random(f"{self.config.seed or 0}:{step}:{lineage}")
-                current = self.rubrics.get(lineage)
-                jobs.append(
-                    self.meta_judge.run(
-                        lineage,
-                        current.rubric,
-                        samples,
-                        rng,
-                        version=current.version,
-                        scored_under=self._scored_under(lineage, samples),
-                    )
-                )
-            return list(await asyncio.gather(*jobs))
+            return list(await asyncio.gather(*(one(k, v) for k, v in sorted(by_lineage.items()))))
 
         started = time.perf_counter()
         before = self.meta_judge.judge.stats
@@ -291,6 +333,24 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
             outcomes[0].usage = dataclasses.asdict(self.meta_judge.judge.stats.since(before))
         log.info("meta step at step %d finished in %.1fs", step, time.perf_counter() - started)
         return outcomes
+
+    async def _gate(self, outcome: MetaOutcome, current: Any, samples: list[ScoredSample]) -> None:
+        """Run the acceptance gate on a changed, valid candidate; a rejection (or a crash of the gate) keeps the
+        version in force."""
+        assert self.acceptance is not None and outcome.rubric is not None
+        chosen = set(outcome.selected)
+        analysed = list(dict.fromkeys(s.prompt for s in samples if s.sample_id in chosen))
+        try:
+            result = await self.acceptance.decide(outcome.lineage, current, outcome.rubric, samples, analysed)
+        except Exception as exc:  # a bug in the gate must not end training, nor let an untested rubric through
+            log.exception("acceptance gate crashed; keeping the current rubric")
+            outcome.accepted, outcome.reason = False, f"acceptance gate crashed: {type(exc).__name__}: {exc}"
+            return
+        outcome.acceptance = result.to_dict()
+        if result.accepted:
+            outcome.reason = f"passed validation and the acceptance gate ({result.reason})"
+        else:
+            outcome.accepted, outcome.reason = False, f"rejected by the acceptance gate: {result.reason}"
 
     def _publish_finished(self) -> None:
         job = self._job
@@ -321,6 +381,10 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
     def _apply(self, outcome: MetaOutcome) -> None:
         current = self.rubrics.get(outcome.lineage)
         record = outcome.to_dict() | {"parent_version": current.version}
+        if outcome.rubric is not None:
+            record["change"] = diff(current.rubric, outcome.rubric).render()
+        if outcome.acceptance is not None and not outcome.acceptance.get("accepted"):
+            self.gate_rejected += 1
         if outcome.accepted and outcome.rubric is not None and outcome.rubric == current.rubric:
             # Same items as the version in force: a new version would only add noise to the history.
             self.unchanged += 1
@@ -483,3 +547,17 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
 def load_samples(run_dir: Path) -> list[ScoredSample]:
     """All scored samples of a run."""
     return [ScoredSample.from_dict(d) for d in read_jsonl(Path(run_dir) / "samples.jsonl")]
+
+
+def _signal_metrics(signals: dict[str, list[ItemSignal]]) -> dict[str, float]:
+    """``rubric/item_std/<item>`` (and ``rubric/item_corr/<item>``) per item; other lineages than ``default`` are
+    prefixed with their key."""
+    out = {}
+    for lineage, items in signals.items():
+        prefix = "" if lineage == "default" else f"{lineage}/"
+        for s in items:
+            if s.within_std is not None:
+                out[f"rubric/item_std/{prefix}{s.item_id}"] = s.within_std
+            if s.corr_total is not None:
+                out[f"rubric/item_corr/{prefix}{s.item_id}"] = s.corr_total
+    return out

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from metapo.judges.client import background_requests
 from metapo.judges.types import ChatRequest, JudgeError
 from metapo.meta import prompts
+from metapo.meta.acceptance import AcceptanceConfig
+from metapo.meta.item_signal import ItemSignal, describe, prune
 from metapo.meta.selection import (
     STRATEGIES,
     Selector,
@@ -112,6 +114,20 @@ class MetaConfig:
     seed: int | None = field(
         default=None, metadata={"help": "Seed of sample selection; empty = the run's seed."}
     )
+    acceptance: AcceptanceConfig = field(
+        default_factory=AcceptanceConfig,
+        metadata={"help": "The acceptance gate a new rubric must pass before it scores the policy."},
+    )
+    saturated_std: float = field(
+        default=0.02,
+        metadata={
+            "help": "An item whose score spread within a prompt's group is at most this share of its range is "
+            "saturated (told to the meta-reward model, logged as rubric/item_std/<item>)."
+        },
+    )
+    prune_saturated: bool = field(
+        default=False, metadata={"help": "Drop items that repeat a saturated item from the merged rubric."}
+    )
 
     @property
     def every(self) -> int:
@@ -129,6 +145,8 @@ class MetaConfig:
             raise ValueError(f"mpo.guideline_cases={self.guideline_cases!r}; choose judge or all")
         if self.rubric_tokens < 64 or self.merge_budget_tokens < 64:
             raise ValueError("mpo.rubric_tokens and mpo.merge_budget_tokens must be >= 64")
+        if not 0.0 <= self.saturated_std < 1.0:
+            raise ValueError(f"mpo.saturated_std={self.saturated_std!r}; choose a share of the item range in [0, 1)")
 
     @property
     def sample_chars(self) -> int:
@@ -154,6 +172,9 @@ class MetaOutcome:
     truncated_analyses: int = 0
     duration_s: float = 0.0
     usage: dict[str, Any] = field(default_factory=dict)
+    item_signal: list[dict[str, Any]] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    acceptance: dict[str, Any] | None = None
 
     def evidence(self) -> dict[str, Any]:
         """The part stored with the new rubric version."""
@@ -167,6 +188,9 @@ class MetaOutcome:
             "merge_groups": self.merge_groups,
             "truncated_analyses": self.truncated_analyses,
             "validation": self.reason,
+            "item_signal": self.item_signal,
+            "pruned_saturated": self.pruned,
+            "acceptance": self.acceptance,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,6 +287,7 @@ class MetaJudge:
         *,
         version: int = 0,
         scored_under: Mapping[int, Rubric] | None = None,
+        item_signal: Sequence[ItemSignal] = (),
     ) -> MetaOutcome:
         """One meta step for one lineage; never raises for judge or validation failures.
 
@@ -274,6 +299,9 @@ class MetaJudge:
             version: The version number of ``rubric``.
             scored_under: The rubric of every version a window sample was scored under; each sample is shown
                 against its own version. Samples of a version missing here are left out (never mislabelled).
+            item_signal: Per-item signal of ``rubric`` over the window (see :mod:`metapo.meta.item_signal`): told
+                to the meta-reward model in each analysis, and saturated items pruned from the merged rubric
+                when ``config.prune_saturated`` is set.
         """
         started = time.perf_counter()
         known = dict(scored_under or {})
@@ -289,7 +317,8 @@ class MetaJudge:
                 lineage,
                 len(window) - len(usable),
             )
-        shown = _Shown(known, version, self.config.sample_chars, self.reference_column)
+        shown = _Shown(known, version, self.config.sample_chars, self.reference_column, describe(item_signal))
+        outcome.item_signal = [s.to_dict() for s in item_signal]
         # Meta work yields to rewards when it shares their judge: its calls wait behind queued reward calls.
         with background_requests():
             try:
@@ -297,6 +326,10 @@ class MetaJudge:
                     candidate = await self._guidelines(rubric, usable, rng, outcome, shown)
                 else:
                     candidate = await self._merge_mode(rubric, usable, rng, outcome, shown)
+                    if self.config.prune_saturated:
+                        candidate, outcome.pruned = prune(candidate, item_signal)
+                        if outcome.pruned:
+                            log.info("meta step for %s pruned saturated items: %s", lineage, outcome.pruned)
                 self.check(candidate, usable)
                 outcome.rubric, outcome.accepted, outcome.reason = candidate, True, "passed validation"
             except (JudgeError, RubricError, ValueError) as exc:
@@ -406,7 +439,9 @@ class MetaJudge:
     async def _analyze_refine(
         self, rubric: Rubric, sample: ScoredSample, shown: _Shown
     ) -> tuple[str, Rubric, bool]:
-        text = prompts.analyze_prompt(self.task, shown.block(sample), rubric, self.config.analysis_words)
+        text = prompts.analyze_prompt(
+            self.task, shown.block(sample), rubric, self.config.analysis_words, signal=shown.signal
+        )
         messages = self._messages(text)
         reply = await self.judge.chat(
             ChatRequest(messages=tuple(messages), max_tokens=self.config.analysis_tokens)
@@ -527,6 +562,7 @@ class _Shown:
     current_version: int
     max_chars: int
     reference_column: str | None
+    signal: str = ""
 
     def block(self, sample: ScoredSample) -> str:
         return prompts.sample_block(

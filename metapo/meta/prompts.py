@@ -119,12 +119,17 @@ def prescreen_prompt(task: str, block: str, rubric: Rubric) -> str:
     )
 
 
-def analyze_prompt(task: str, block: str, rubric: Rubric, max_words: int) -> str:
-    """Ask for a meta-level analysis of how the grader and the rubric handled one sample."""
+def analyze_prompt(task: str, block: str, rubric: Rubric, max_words: int, signal: str = "") -> str:
+    """Ask for a meta-level analysis of how the grader and the rubric handled one sample.
+
+    ``signal`` (see :func:`metapo.meta.item_signal.describe`) says which current items separate responses to the
+    same prompt and which are saturated.
+    """
+    signal_text = f"{_inert(signal)}\n\n" if signal else ""
     return (
         f"{_UNTRUSTED}\n\nA junior grader scored a response with a rubric. Review that grading.\n\n"
         f"Task given to the policy: {task}\n\nCurrent rubric:\n{_inert(rubric.to_markdown())}\n\n"
-        f"{block}\n\n"
+        f"{signal_text}{block}\n\n"
         f"In at most {max_words} words, cover: (1) whether the score is accurate or inflated and where the response "
         "falls short of the task; (2) whether the rubric's criteria, point ranges and deductions fit the task, and "
         "what it lets through (tricks that earn points without doing the task well); (3) concrete changes, "

@@ -509,3 +509,15 @@ def item_titles(data: RunData, lineage: str, version: int) -> dict[str, dict[str
         if record.version == version:
             return {str(i.get("id")): i for i in record.items}
     return {}
+
+
+def gate_checks(meta: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The acceptance gate's checks of one meta-step record as (name, passed, summary); empty without a gate."""
+    gate = meta.get("acceptance")
+    if not isinstance(gate, dict) or not isinstance(gate.get("checks"), list):
+        return []
+    return [
+        (str(c.get("name", "?")), bool(c.get("passed")), str(c.get("summary", "")))
+        for c in gate["checks"]
+        if isinstance(c, dict)
+    ]

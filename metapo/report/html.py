@@ -18,6 +18,7 @@ from metapo.report.data import (
     TimelineEntry,
     VersionDiff,
     example_samples,
+    gate_checks,
     item_titles,
     judge_costs,
     length_series,
@@ -310,16 +311,37 @@ def _rubrics(data: RunData, timeline: list[TimelineEntry]) -> str:
                 if m.get("new_version") is not None
                 else "",
                 esc(clip(m.get("reason"), 300)),
+                "<br>".join(
+                    f'<span class="{"add" if ok else "del"}">{esc(name)} {"ok" if ok else "FAIL"}</span>: '
+                    f"{esc(summary)}"
+                    for name, ok, summary in gate_checks(m)
+                )
+                or '<span class="muted">no gate</span>',
                 fmt(m.get("duration_s")),
             ]
         )
     out.append(
         table(
-            ["step", "lineage", "window", "selected", "outcome", "version", "reason", "seconds"],
+            ["step", "lineage", "window", "selected", "outcome", "version", "reason", "acceptance gate", "seconds"],
             rows,
-            (0, 2, 3, 7),
+            (0, 2, 3, 8),
         )
     )
+    for m in data.meta_steps:
+        gate = m.get("acceptance")
+        probes = gate.get("probes") if isinstance(gate, dict) else None
+        if isinstance(probes, list) and probes:
+            prows = [
+                [esc(p.get("probe")), fmt(p.get("current")), fmt(p.get("candidate")), esc(clip(p.get("text"), 160))]
+                for p in probes
+                if isinstance(p, dict)
+            ]
+            label = f"acceptance gate probes at step {m.get('step')} ({m.get('lineage', 'default')})"
+            out.append(
+                f"<details><summary>{esc(label)}</summary>"
+                + table(["probe", "current", "candidate", "text"], prows, (1, 2))
+                + "</details>"
+            )
     for m in data.meta_steps:
         if not m.get("accepted"):
             details = _meta_details(m)

@@ -13,6 +13,7 @@ from typing import Any
 
 from metapo.report.data import (
     RunData,
+    gate_checks,
     judge_costs,
     length_series,
     meta_summary,
@@ -109,6 +110,30 @@ def render_markdown(data: RunData) -> str:
         lines.append("No rubric versions found.")
     if meta.reasons:
         lines += ["", md_table(["rejection reason", "meta steps"], meta.reasons)]
+
+    if data.meta_steps:
+        lines += ["", "## Meta steps", ""]
+        rows = []
+        for m in data.meta_steps:
+            rubric = m.get("rubric") if isinstance(m.get("rubric"), dict) else {}
+            items = rubric.get("items") if isinstance(rubric.get("items"), list) else []
+            checks = gate_checks(m)
+            gate = m.get("acceptance") if isinstance(m.get("acceptance"), dict) else {}
+            rows.append(
+                [
+                    m.get("step"),
+                    m.get("lineage", "default"),
+                    "; ".join(str(i.get("title", "")) for i in items if isinstance(i, dict)) or "none",
+                    "; ".join(f"{n} {'ok' if ok else 'FAIL'}: {summary}" for n, ok, summary in checks)
+                    or "no gate",
+                    gate.get("judge_calls", ""),
+                    f"accepted as v{m.get('new_version')}" if m.get("accepted") else "kept the current version",
+                    m.get("reason"),
+                ]
+            )
+        lines.append(
+            md_table(["step", "lineage", "proposed items", "gate checks", "gate judge calls", "outcome", "reason"], rows)
+        )
 
     costs = judge_costs(data.metrics)
     if costs:

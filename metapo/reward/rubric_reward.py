@@ -170,6 +170,27 @@ class RubricReward:
             return raw, raw
         return rubric.normalized(points, self.config.item_weighting), raw
 
+    async def judge_points(
+        self,
+        rubric: Rubric,
+        task_input: str,
+        completion: str,
+        columns: dict[str, Any] | None = None,
+        judge: Any | None = None,
+    ) -> dict[str, float]:
+        """Item points the judge gives ``completion`` under ``rubric``, through the same prompts, persona and text
+        limits as training's scoring, without rule gates (the acceptance gate compares rubrics, and no gate
+        depends on one). Raises :class:`~metapo.judges.types.JudgeError` when the judge fails.
+
+        Args:
+            judge: A stand-in for ``self.judge`` (e.g. one that counts calls); the reward's judge by default.
+        """
+        view = JudgeView(
+            self.config.judge_persona, self.config.input_label, task_input, completion, self.config.judge_chars
+        )
+        scores = await self.scorer.score(judge or self.judge, rubric, view, dict(columns or {}))
+        return scores.points
+
     def to_scale(self, rubric: Rubric, value: float, *, additive: bool) -> float:
         """A gate value (normalised units) on this reward's scale.
 

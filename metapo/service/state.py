@@ -126,13 +126,14 @@ class RewardService:
     def build(cls, cfg: ServeConfig) -> RewardService:
         """Assemble task, judges, store, reward and controller for ``cfg`` and restore what the run dir holds."""
         from metapo.judges import build_judge
+        from metapo.meta.acceptance import AcceptanceGate
         from metapo.meta.controller import MetaPolicyOptimizationCallback
         from metapo.meta.detectors import detect, select_flagged_first
         from metapo.meta.meta_judge import MetaJudge
         from metapo.rubric.active import ActiveRubrics
         from metapo.rubric.store import RubricStore
         from metapo.tasks import get_task
-        from metapo.train.run import _token_counter, resolve_initial_rubric
+        from metapo.train.run import _gate_files, _token_counter, resolve_initial_rubric
 
         run = cfg.run
         task = get_task(run.task, **run.task_options)
@@ -147,6 +148,7 @@ class RewardService:
         if run.reward.max_judge_chars is None:
             run.reward.max_judge_chars = task.judge_chars
         initial = resolve_initial_rubric(run.initial_rubric, task)
+        gate_files = _gate_files(run) if run.mpo.every > 0 else ([], [])
         run_dir = prepare_service_dir(cfg)
         judge = build_judge(run.judge)
         meta_client = build_judge(run.meta_judge) if run.meta_judge is not None else judge
@@ -183,6 +185,14 @@ class RewardService:
             gates=task.gates(),
             scorer=scorer_factory(run.seed) if scorer_factory else None,
         )
+        if meta_judge is not None and run.mpo.acceptance.enabled:
+            controller.acceptance = AcceptanceGate(
+                reward,
+                run.mpo.acceptance,
+                reference_column=task.meta_reference_column,
+                user_exemplars=gate_files[0],
+                pairs=gate_files[1],
+            )
         service = cls(cfg, reward=reward, controller=controller)
         service.restore()
         return service

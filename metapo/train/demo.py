@@ -63,6 +63,9 @@ BASE: dict[str, Any] = {
         "max_items": 4,
         "max_sample_chars": 1200,
         "judge_context_tokens": 8192,
+        # A small probe set keeps the gate affordable on 2 cores: the canaries of one prompt and three exemplars
+        # (~12 probes; the version in force is scored once and cached across meta steps).
+        "acceptance": {"canary_prompts": 1, "max_exemplars": 3},
     },
     "training": {
         "per_device_train_batch_size": 4,
@@ -109,7 +112,9 @@ def run_demo(preset: str, output_dir: str | None, overrides: list[str]) -> int:
     print(
         f"\nwall time: {done - started:.0f} s (models {prepared - started:.0f} s, training {done - prepared:.0f} s); "
         f"meta steps: {c.meta_steps} ({c.accepted} accepted, {c.unchanged} unchanged, {c.rejected} rejected); "
-        f"optimizer steps completed while a meta step ran: {c.steps_during_meta}"
+        f"optimizer steps completed while a meta step ran: {c.steps_during_meta}; "
+        f"rejected by the acceptance gate: {c.gate_rejected} "
+        f"({c.acceptance.judge_calls if c.acceptance is not None else 0} judge calls spent by the gate)"
     )
     print(f"inspect: metapo rubric show {cfg.output_dir}   |   metapo report {cfg.output_dir}")
     return 0

@@ -15,6 +15,7 @@ import yaml
 from metapo.config import to_dict
 from metapo.files import NewEntries, atomic_write_text, check_model_spec, read_jsonl, read_user_text
 from metapo.judges import build_judge
+from metapo.meta.acceptance import AcceptanceGate, gate_line, read_exemplars, read_pairs
 from metapo.meta.controller import MetaPolicyOptimizationCallback
 from metapo.meta.meta_judge import MetaJudge
 from metapo.reward.rubric_reward import JudgeUnavailableError, RubricReward, any_process
@@ -137,6 +138,7 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     from metapo.tasks import get_task
 
     task = get_task(cfg.task, **cfg.task_options)
+    gate_files = _gate_files(cfg) if cfg.mpo.interval != 0 else ([], [])
     if cfg.mpo.interval is None:
         cfg.mpo.interval = task.default_meta_interval
     if cfg.mpo.mode is None:
@@ -201,6 +203,15 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         extra_metrics=controller.metrics,
     )
 
+    if meta_judge is not None and cfg.mpo.acceptance.enabled:
+        controller.acceptance = AcceptanceGate(
+            reward,
+            cfg.mpo.acceptance,
+            reference_column=task.meta_reference_column,
+            user_exemplars=gate_files[0],
+            pairs=gate_files[1],
+        )
+
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
     cpu = not torch.cuda.is_available()
     args: dict[str, Any] = {
@@ -259,6 +270,14 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
         **rule_kwargs,
     )
     return BuiltRun(trainer, controller, reward, store, run_dir, task)
+
+
+def _gate_files(cfg: RunConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The acceptance gate's user exemplars and pairs, read before anything heavy loads (bad files fail fast)."""
+    gate = cfg.mpo.acceptance
+    if not gate.enabled:
+        return [], []
+    return (read_exemplars(gate.exemplars) if gate.exemplars else [], read_pairs(gate.pairs) if gate.pairs else [])
 
 
 def _token_counter(judge: Any) -> Any:
@@ -382,7 +401,10 @@ def summarize(run_dir: Path) -> str:
         lines.append(f"mean reward by step (step:reward): {trend}")
     meta = sorted((run_dir / "meta").glob("*.json")) if (run_dir / "meta").exists() else []
     lines.append(f"meta steps logged: {len(meta)}")
-    meta_steps = sorted({int(json.loads(p.read_text()).get("step", 0)) for p in meta})
+    records = [json.loads(p.read_text()) for p in meta]
+    for record in sorted(records, key=lambda r: (int(r.get("step", 0)), str(r.get("lineage", "")))):
+        lines.append("  " + gate_line(record))
+    meta_steps = sorted({int(r.get("step", 0)) for r in records})
     first, last = window_stats(samples, meta_steps)
     if first is not None and last is not None:
         lines.append(
