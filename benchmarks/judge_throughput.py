@@ -5,7 +5,8 @@ a K-item rubric in logprob mode (one request per item), with the client's concur
 client can do is C / L requests per second. The naive reward is what many TRL users write: a plain function
 that posts one request at a time with ``httpx`` and waits for each answer. It runs on a subset of the batch
 (at one request per L seconds the full batch would take minutes) and its full-batch time is projected from
-its measured rate.
+its measured rate. RubricReward's requests go through the lean HTTP/1.1 client (``metapo.judges.lean_http``, the
+default for plain-http servers); the "via httpx" rows run the same client through httpx, side by side.
 
     .venv/bin/python benchmarks/judge_throughput.py [--quick] [--repeats R]
 """
@@ -30,11 +31,20 @@ from _common import JudgeProcess, interleaved, median_of, table, variant_main, w
 FULL = {
     "completions": 96,
     "items": 4,
-    "grid": [[0.2, 16], [1.0, 16], [1.0, 64]],
+    "grid": [[0.2, 16], [1.0, 16], [1.0, 64], [1.0, 128]],
+    # The same client through httpx instead of the lean HTTP/1.1 path, side by side.
+    "httpx_grid": [[0.2, 16], [1.0, 128]],
     "naive_latency_s": 1.0,
     "naive_completions": 2,
 }
-QUICK = {"completions": 16, "items": 4, "grid": [[0.1, 8]], "naive_latency_s": 0.1, "naive_completions": 2}
+QUICK = {
+    "completions": 16,
+    "items": 4,
+    "grid": [[0.1, 8]],
+    "httpx_grid": [[0.1, 8]],
+    "naive_latency_s": 0.1,
+    "naive_completions": 2,
+}
 TARGET = 0.95
 
 
@@ -77,7 +87,7 @@ def run_rubric_reward(p: dict[str, Any]) -> dict[str, Any]:
 
     with JudgeProcess(p["latency_s"]) as server, tempfile.TemporaryDirectory() as tmp:
         client = JudgeClient(
-            OpenAIHTTPBackend([server.url], timeout_s=60),
+            OpenAIHTTPBackend([server.url], timeout_s=60, lean_http=p.get("lean_http", True)),
             model_id="scripted",
             max_concurrency=p["concurrency"],
             timeout_s=60,
@@ -94,10 +104,12 @@ def run_rubric_reward(p: dict[str, Any]) -> dict[str, Any]:
         async def go() -> tuple[float, list[float | None]]:
             # One warm-up batch opens the pooled connections, as the first training step would.
             await reward(warm_prompts, warm_completions, task_input=warm_inputs)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             rewards = await reward(prompts, completions, task_input=inputs)
+            cpu[0] = time.process_time() - cpu_started
             return time.perf_counter() - started, rewards
 
+        cpu = [0.0]
         seconds, rewards = asyncio.run(go())
         stats = server.close()
     requests = p["completions"] * p["items"]
@@ -108,6 +120,8 @@ def run_rubric_reward(p: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds,
         "throughput_rps": requests / seconds,
         "max_in_flight": stats["max_in_flight"],
+        # The client process's own CPU per timed request (prompts, scoring, HTTP), whatever the wall clock did.
+        "client_cpu_ms_per_request": cpu[0] * 1000 / requests,
     }
 
 
@@ -179,6 +193,13 @@ def main() -> None:
             {"latency_s": lat, "concurrency": cap, "completions": n, "items": k},
         )
         for lat, cap in params["grid"]
+    ] + [
+        (
+            f"RubricReward via httpx L={lat:g}s C={cap}",
+            "rubric_reward",
+            {"latency_s": lat, "concurrency": cap, "completions": n, "items": k, "lean_http": False},
+        )
+        for lat, cap in params["httpx_grid"]
     ]
     naive_l = params["naive_latency_s"]
     plan.append(
@@ -208,6 +229,9 @@ def main() -> None:
             "achieved_over_ideal_all": [r["throughput_rps"] / ideal for r in results],
             "seconds_for_full_batch": n * k / rps,
             "peak_rss_mib_max": max(r["peak_rss_mib"] for r in results),
+            "client_cpu_ms_per_request": median_of(results, "client_cpu_ms_per_request")
+            if "client_cpu_ms_per_request" in results[0]
+            else None,
         }
         rows.append(
             [
@@ -218,6 +242,7 @@ def main() -> None:
                 ideal,
                 rps / ideal,
                 n * k / rps,
+                summary[label]["client_cpu_ms_per_request"] or "",
                 summary[label]["peak_rss_mib_max"],
             ]
         )
@@ -232,6 +257,7 @@ def main() -> None:
                 "ideal req/s",
                 "achieved/ideal",
                 f"s for {n * k} req",
+                "client CPU ms/req",
                 "peak RSS MiB",
             ],
             rows,

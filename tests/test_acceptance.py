@@ -54,7 +54,11 @@ def handler(body: dict[str, Any]) -> Any:
     if not (body.get("logprobs") and body.get("top_logprobs")):
         return default_answer(body)
     user = body["messages"][-1]["content"]
-    criterion = _CRITERION.search(user)
+    # The request lists the whole rubric; the question after the response names the item asked.
+    asked = re.search(r"criterion \[([^\]]+)\]", user.rpartition("</response>")[2])
+    criterion = (
+        re.search(rf"\[{re.escape(asked.group(1))}\] {_CRITERION.pattern}", user) if asked else _CRITERION.search(user)
+    )
     response = _RESPONSE.search(user)
     assert criterion and response, user[:300]
     score = rule_score(criterion.group(1), int(criterion.group(3)), response.group(1))

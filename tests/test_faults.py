@@ -53,7 +53,7 @@ ERRORS = {
     "503": "HTTP 503",
     "429": "HTTP 429",
     "hang": f"within {TIMEOUT_S:g} s",
-    "close": "RemoteProtocolError",
+    "close": "connection closed",
     "garbage": "not JSON",
     "irrelevant": "of the first token's probability",
     "nologprobs": "no logprobs",
@@ -74,7 +74,9 @@ def _client(judge: ScriptedJudge, max_attempts: int = ATTEMPTS) -> JudgeClient:
 
 
 def _item(body: dict[str, Any]) -> str:
-    return "Clarity" if "Criterion: Clarity" in body["messages"][-1]["content"] else "Quality"
+    # Every request lists the whole rubric; the question after the response names the item asked.
+    question = body["messages"][-1]["content"].rpartition("</response>")[2]
+    return "Clarity" if "criterion [clarity]" in question else "Quality"
 
 
 def _score(reward: RubricReward, completions: list[str]) -> tuple[list[float | None], dict[str, float]]:

@@ -30,7 +30,8 @@ def _user_messages(tmp_path, scoring: str) -> list[str]:
 def test_logprob_prompts_share_everything_up_to_the_sample(tmp_path) -> None:
     messages = _user_messages(tmp_path, "logprob")
     for title, description in (("Imagery", "Concrete sensory detail."), ("Focus", "Stays on the prompt.")):
-        same_item = [m for m in messages if description in m]
+        # Every request shows the whole rubric; the question after the response names the item asked.
+        same_item = [m for m in messages if f"criterion [{title.lower()}]" in m.rpartition("</response>")[2]]
         assert len(same_item) == 2
         prefix = os.path.commonprefix(same_item)
         # The criterion is inside the shared prefix; the sample (task input and response) comes after it.

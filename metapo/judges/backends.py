@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
+from metapo.judges.lean_http import LeanConnectionPool, LeanHTTPError
 from metapo.judges.types import JudgeError, TransientJudgeError
 
 if TYPE_CHECKING:
@@ -62,6 +64,9 @@ class Backend(Protocol):
         name: Short name used in logs and metrics.
         supports_json_schema: Whether ``response_format`` of type ``json_schema`` is enforced.
         supports_logprobs: Whether ``logprobs``/``top_logprobs`` are returned.
+
+    A backend may also set ``finite_responses = True`` when its answers are already free of NaN and infinity
+    and depth-checked (:func:`parse_json_response` does both); the client then skips its own pass over them.
     """
 
     name: str
@@ -233,7 +238,14 @@ class OpenAIHTTPBackend:
         supports_logprobs: Whether the server returns ``top_logprobs``.
         max_connections: Connections per event loop, over all its pools.
         name: Name in logs.
+        lean_http: Send to ``http://`` servers that no proxy setting covers through the lean HTTP/1.1
+            client of :mod:`metapo.judges.lean_http` (a fraction of httpx's CPU per request); ``https://``
+            and proxied servers always go through httpx.
     """
+
+    # Answers come from parse_json_response (no NaN or infinity, depth checked), so the client need not walk
+    # them again.
+    finite_responses = True
 
     def __init__(
         self,
@@ -245,6 +257,7 @@ class OpenAIHTTPBackend:
         supports_logprobs: bool = True,
         max_connections: int = 256,
         name: str = "openai",
+        lean_http: bool = True,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -263,6 +276,11 @@ class OpenAIHTTPBackend:
         # loop -> (clients, finaliser generator); see the class docstring.
         self._clients: dict[
             asyncio.AbstractEventLoop, tuple[list[httpx.AsyncClient], AsyncIterator[None]]
+        ] = {}
+        # Per base URL: (host, port, path prefix) when it goes through the lean client, else None.
+        self._lean_routes = {url: _lean_route(url) if lean_http else None for url in self.base_urls}
+        self._lean_pools: dict[
+            asyncio.AbstractEventLoop, tuple[dict[tuple[str, int], LeanConnectionPool], AsyncIterator[None]]
         ] = {}
 
     def __repr__(self) -> str:
@@ -311,27 +329,64 @@ class OpenAIHTTPBackend:
         await finaliser.__anext__()
         return clients[turn % len(clients)]
 
+    async def _post_httpx(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], secret: str
+    ) -> tuple[int, str | None, bytes]:
+        import httpx
+
+        client = await self._client()
+        try:
+            async with client.stream("POST", url, json=body, headers=headers) as response:
+                return response.status_code, response.headers.get("retry-after"), await _read_capped(response, url)
+        except httpx.TimeoutException:
+            raise TransientJudgeError(f"{url}: no response within {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise TransientJudgeError(redact(f"{url}: {type(exc).__name__}: {exc}", secret)) from None
+
+    async def _lean_pool(self, host: str, port: int) -> LeanConnectionPool:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._lean_pools.get(loop)
+            if entry is None:
+                for stale in [other for other in self._lean_pools if other.is_closed()]:
+                    del self._lean_pools[stale]
+                pools: dict[tuple[str, int], LeanConnectionPool] = {}
+                entry = (pools, _close_lean_on_loop_shutdown(pools))
+                self._lean_pools[loop] = entry
+                fresh = True
+            else:
+                fresh = False
+            pool = entry[0].get((host, port))
+            if pool is None:
+                pool = entry[0][(host, port)] = LeanConnectionPool(
+                    host, port, connect_timeout_s=min(self.timeout_s, 10.0), max_idle=self.max_connections
+                )
+        if fresh:
+            await entry[1].__anext__()  # registers the finaliser with this loop (see _client)
+        return pool
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """Posts ``body`` to ``{base_url}/chat/completions`` (see :class:`Backend`).
 
         The body is read up to :data:`MAX_RESPONSE_BYTES`; the API key's value is replaced by ``[REDACTED]``
         in every error message and in the answer itself, even when the server echoes it back.
         """
-        import httpx
-
         headers = self._headers()
         secret = headers.get("Authorization", "").removeprefix("Bearer ")
-        client = await self._client()
-        url = self._next_url() + "/chat/completions"
-        try:
-            async with client.stream("POST", url, json=body, headers=headers) as response:
-                status = response.status_code
-                retry_after = response.headers.get("retry-after")
-                data = await _read_capped(response, url)
-        except httpx.TimeoutException:
-            raise TransientJudgeError(f"{url}: no response within {self.timeout_s:g} s") from None
-        except httpx.TransportError as exc:
-            raise TransientJudgeError(redact(f"{url}: {type(exc).__name__}: {exc}", secret)) from None
+        base = self._next_url()
+        url = base + "/chat/completions"
+        route = self._lean_routes[base]
+        if route is not None:
+            host, port, prefix = route
+            encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            pool = await self._lean_pool(host, port)
+            try:
+                reply = await pool.post(prefix + "/chat/completions", encoded, headers, MAX_RESPONSE_BYTES)
+            except LeanHTTPError as exc:
+                raise TransientJudgeError(redact(f"{url}: {exc}", secret)) from None
+            status, retry_after, data = reply.status, reply.headers.get("retry-after"), reply.body
+        else:
+            status, retry_after, data = await self._post_httpx(url, body, headers, secret)
         text = redact(data.decode("utf-8", "replace"), secret)
         if status in (408, 429) or status >= 500:
             raise TransientJudgeError(
@@ -355,9 +410,32 @@ class OpenAIHTTPBackend:
             entry = self._clients.pop(loop, None)
             for stale in [other for other in self._clients if other.is_closed()]:
                 del self._clients[stale]
+            lean = self._lean_pools.pop(loop, None)
+        if lean is not None:
+            for pool in lean[0].values():
+                pool.close()
         if entry is not None:
             for client in entry[0]:
                 await client.aclose()
+
+
+def _lean_route(url: str) -> tuple[str, int, str] | None:
+    """``(host, port, path)`` of an ``http://`` API root that no proxy environment variable covers, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    proxies = getproxies_environment()
+    if ("http" in proxies or "all" in proxies) and not proxy_bypass_environment(parts.hostname, proxies):
+        return None  # httpx honours the proxy settings; the lean client does not speak to proxies
+    return parts.hostname, parts.port or 80, parts.path
+
+
+async def _close_lean_on_loop_shutdown(pools: dict[tuple[str, int], LeanConnectionPool]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for pool in pools.values():
+            pool.close()
 
 
 async def _close_on_loop_shutdown(clients: list[httpx.AsyncClient]) -> AsyncIterator[None]:
@@ -712,6 +790,21 @@ class JudgeConfig:
     n_threads: int = field(default=2, metadata={"help": "CPU threads for 'xllamacpp'."})
     n_parallel: int = field(default=1, metadata={"help": "Parallel decoding slots for 'xllamacpp'."})
     max_concurrency: int = field(default=8, metadata={"help": "Most judge requests in flight at once."})
+    lean_http: bool = field(
+        default=True,
+        metadata={
+            "help": "Send to http:// servers (no proxy) through metapo's lean HTTP/1.1 client, a fraction of "
+            "httpx's CPU per request; false: always httpx. https and proxied servers always use httpx."
+        },
+    )
+    background_concurrency: int = field(
+        default=0,
+        metadata={
+            "help": "0: meta-step requests share the max_concurrency slots and wait behind every queued reward "
+            "request; N > 0: they get N slots of their own (for a server that decodes several requests at once, "
+            "e.g. xllamacpp with n_parallel >= max_concurrency + N), so they never hold a slot a reward waits for."
+        },
+    )
     max_requests_per_minute: float | None = field(
         default=None, metadata={"help": "Pace requests to at most this many per minute (None: no limit)."}
     )
@@ -740,6 +833,8 @@ class JudgeConfig:
             normalize_base_url(url)  # checked now, before a config holding it is written
         if self.max_concurrency < 1 or self.max_attempts < 1 or self.n_parallel < 1:
             raise ValueError("max_concurrency, max_attempts and n_parallel must be >= 1")
+        if self.background_concurrency < 0:
+            raise ValueError(f"background_concurrency must be >= 0, got {self.background_concurrency}")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if self.api_key_env is not None and not _ENV_NAME.fullmatch(self.api_key_env):
@@ -784,6 +879,7 @@ def build_backend(cfg: JudgeConfig) -> Backend:
             cfg.timeout_s,
             supports_json_schema=cfg.json_schema,
             supports_logprobs=cfg.logprobs,
+            lean_http=cfg.lean_http,
         )
     if cfg.backend == "xllamacpp":
         return XLlamaCppBackend(resolve_gguf(cfg.gguf), cfg.n_ctx, cfg.n_threads, cfg.n_parallel)

@@ -4,12 +4,18 @@ One :class:`JudgeClient` wraps one backend and is shared by everything that asks
 reward function in the trainer's event loop and the meta step in a background thread with its own
 event loop. All of its state (the concurrency limit, the request pacing, the counters, the cache) is
 therefore guarded by thread locks rather than bound to one event loop.
+
+When one judge serves both, reward requests come first: calls made inside :func:`background_requests` (the
+meta step makes all of its calls there) wait behind every foreground call queued for a slot, so meta work only
+runs between reward calls, and with ``background_concurrency`` it gets slots of its own instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -18,7 +24,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +36,25 @@ from metapo.judges.types import ChatRequest, ChatResult, JudgeError, ScoreReadin
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Priority of a judge call: foreground calls (rewards) are granted a slot before background ones (meta steps).
+FOREGROUND, BACKGROUND = 0, 1
+_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("metapo_judge_priority", default=FOREGROUND)
+
+
+@contextlib.contextmanager
+def background_requests() -> Iterator[None]:
+    """Judge calls made in this block, and in tasks started from it, yield to foreground calls.
+
+    A context variable carries the priority, so it follows the calls through ``asyncio.gather`` and task groups
+    but not into other threads: the meta step sets it in its own thread, and the reward in the trainer's thread
+    stays in the foreground.
+    """
+    token = _PRIORITY.set(BACKGROUND)
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
 
 
 @dataclass
@@ -74,10 +99,10 @@ class JudgeStats:
 
 
 class _Waiter:
-    __slots__ = ("loop", "future", "granted")
+    __slots__ = ("loop", "future", "granted", "priority")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-        self.loop, self.future, self.granted = loop, future, False
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], priority: int) -> None:
+        self.loop, self.future, self.granted, self.priority = loop, future, False, priority
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -99,44 +124,48 @@ class _Slots:
             raise ValueError("max_concurrency must be >= 1")
         self._lock = threading.Lock()
         self._free = value
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        # One FIFO queue per priority; a freed slot goes to the first waiter of the most urgent queue.
+        self._waiters: tuple[collections.deque[_Waiter], ...] = (collections.deque(), collections.deque())
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int = FOREGROUND) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._free > 0 and not self._waiters:
+            if self._free > 0 and not any(self._waiters):
                 self._free -= 1
                 return
-            waiter = _Waiter(loop, loop.create_future())
-            self._waiters.append(waiter)
+            waiter = _Waiter(loop, loop.create_future(), priority)
+            self._waiters[priority].append(waiter)
         try:
             await waiter.future
         except BaseException:
             with self._lock:
                 granted = waiter.granted
                 if not granted:
-                    self._waiters.remove(waiter)
+                    self._waiters[priority].remove(waiter)
             if granted:  # the slot was handed over just as we were cancelled: pass it on
                 self.release()
             raise
 
     def release(self) -> None:
         with self._lock:
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                try:
-                    waiter.loop.call_soon_threadsafe(_wake, waiter.future)
-                except RuntimeError:  # that waiter's loop is closed; it will never run again
-                    continue
-                waiter.granted = True
-                return
+            for queue in self._waiters:
+                while queue:
+                    waiter = queue.popleft()
+                    try:
+                        waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+                    except RuntimeError:  # that waiter's loop is closed; it will never run again
+                        continue
+                    waiter.granted = True
+                    return
             self._free += 1
 
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+    @contextlib.asynccontextmanager
+    async def held(self, priority: int) -> AsyncIterator[None]:
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class _Pacer:
@@ -261,6 +290,11 @@ class JudgeClient:
         min_logprob_mass: Least probability the first answer token must put on allowed scores for
             an expected score to count.
         max_requests_per_minute: Optional request pacing.
+        background_concurrency: 0: background calls (see :func:`background_requests`) share the
+            ``max_concurrency`` slots and are granted one only when no foreground call waits. N > 0: they
+            get N slots of their own instead, so a long meta-judge generation never holds a slot a reward
+            call waits for (for servers that decode several requests at once, e.g. ``xllamacpp`` with
+            ``n_parallel >= max_concurrency + N``).
     """
 
     def __init__(
@@ -276,9 +310,12 @@ class JudgeClient:
         backoff_max_s: float = 30.0,
         min_logprob_mass: float = 0.5,
         max_requests_per_minute: float | None = None,
+        background_concurrency: int = 0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if background_concurrency < 0:
+            raise ValueError("background_concurrency must be >= 0")
         self.backend = backend
         self.model_id = model_id
         self.cache = cache
@@ -289,6 +326,7 @@ class JudgeClient:
         self.backoff_max_s = backoff_max_s
         self.min_logprob_mass = min_logprob_mass
         self._slots = _Slots(max_concurrency)
+        self._background_slots = _Slots(background_concurrency) if background_concurrency else None
         self._pacer = _Pacer(max_requests_per_minute) if max_requests_per_minute else None
         self._stats = JudgeStats()
         self._stats_lock = threading.Lock()
@@ -344,7 +382,11 @@ class JudgeClient:
     async def _send(self, body: dict[str, Any], attempt: int) -> tuple[ChatResult, dict[str, Any]]:
         if self._pacer is not None:
             await self._pacer.wait()
-        async with self._slots:
+        priority = _PRIORITY.get()
+        slots = self._slots
+        if priority == BACKGROUND and self._background_slots is not None:
+            slots = self._background_slots
+        async with slots.held(priority):
             self._count(requests=1)
             started = time.perf_counter()
             try:
@@ -355,7 +397,8 @@ class JudgeClient:
                     f"{self.backend.name}: no answer within {self.timeout_s:g} s"
                 ) from None
             latency = time.perf_counter() - started
-        response = finite_response(response, self.backend.name)
+        if not getattr(self.backend, "finite_responses", False):
+            response = finite_response(response, self.backend.name)
         result = result_from_response(response, latency_s=latency, attempts=attempt)
         self._count(
             responses=1,
@@ -572,4 +615,5 @@ def build_judge(cfg: JudgeConfig) -> JudgeClient:
         max_attempts=cfg.max_attempts,
         max_requests_per_minute=cfg.max_requests_per_minute,
         min_logprob_mass=cfg.min_logprob_mass,
+        background_concurrency=cfg.background_concurrency,
     )

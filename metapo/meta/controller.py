@@ -28,6 +28,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from metapo.files import append_jsonl, atomic_write_json, read_jsonl
+from metapo.judges.client import background_requests
 from metapo.meta.item_signal import ItemSignal, item_signals
 from metapo.meta.meta_judge import MetaConfig, MetaJudge, MetaOutcome
 from metapo.reward.records import ScoredSample
@@ -317,7 +318,8 @@ class MetaPolicyOptimizationCallback(TrainerCallback):
                 and outcome.rubric is not None
                 and outcome.rubric != current.rubric
             ):
-                await self._gate(outcome, current.rubric, samples)
+                with background_requests():  # the gate's judge calls are meta-step work: rewards go first
+                    await self._gate(outcome, current.rubric, samples)
             return outcome
 
         async def run_all() -> list[MetaOutcome]:

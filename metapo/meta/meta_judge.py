@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metapo.judges.client import background_requests
 from metapo.judges.types import ChatRequest, JudgeError
 from metapo.meta import prompts
 from metapo.meta.acceptance import AcceptanceConfig
@@ -318,20 +319,22 @@ class MetaJudge:
             )
         shown = _Shown(known, version, self.config.sample_chars, self.reference_column, describe(item_signal))
         outcome.item_signal = [s.to_dict() for s in item_signal]
-        try:
-            if self.config.mode == "guidelines":
-                candidate = await self._guidelines(rubric, usable, rng, outcome, shown)
-            else:
-                candidate = await self._merge_mode(rubric, usable, rng, outcome, shown)
-                if self.config.prune_saturated:
-                    candidate, outcome.pruned = prune(candidate, item_signal)
-                    if outcome.pruned:
-                        log.info("meta step for %s pruned saturated items: %s", lineage, outcome.pruned)
-            self.check(candidate, usable)
-            outcome.rubric, outcome.accepted, outcome.reason = candidate, True, "passed validation"
-        except (JudgeError, RubricError, ValueError) as exc:
-            outcome.reason = f"{type(exc).__name__}: {exc}"
-            log.warning("meta step for %s kept the current rubric: %s", lineage, outcome.reason)
+        # Meta work yields to rewards when it shares their judge: its calls wait behind queued reward calls.
+        with background_requests():
+            try:
+                if self.config.mode == "guidelines":
+                    candidate = await self._guidelines(rubric, usable, rng, outcome, shown)
+                else:
+                    candidate = await self._merge_mode(rubric, usable, rng, outcome, shown)
+                    if self.config.prune_saturated:
+                        candidate, outcome.pruned = prune(candidate, item_signal)
+                        if outcome.pruned:
+                            log.info("meta step for %s pruned saturated items: %s", lineage, outcome.pruned)
+                self.check(candidate, usable)
+                outcome.rubric, outcome.accepted, outcome.reason = candidate, True, "passed validation"
+            except (JudgeError, RubricError, ValueError) as exc:
+                outcome.reason = f"{type(exc).__name__}: {exc}"
+                log.warning("meta step for %s kept the current rubric: %s", lineage, outcome.reason)
         outcome.duration_s = time.perf_counter() - started
         return outcome
 

@@ -3,6 +3,12 @@
 Every mode returns points on each item's own range; normalisation happens in :mod:`metapo.reward.rubric_reward`.
 Untrusted text (task input, completion) is always fenced so a completion cannot close the quoting or pose as
 instructions, and every failure raises :class:`~metapo.judges.types.JudgeError` (never a silent 0).
+
+Prompts are laid out for prefix caching (llama.cpp slots, vLLM / SGLang prefix caches, cache-aware routers):
+what many calls share comes first and stays byte-identical (persona, instructions, the whole rubric in its
+stored item order, the task), then the response, and the per-item question last. All the calls of one sample
+then share everything up to the end of the response, and all the samples of one prompt share everything up to
+the start of their responses, so a caching server only reads the response and a short question per call.
 """
 
 from __future__ import annotations
@@ -89,17 +95,17 @@ class Question:
             return f"Deduction: {item.title} (0 to {self.hi} points deducted)\n{item.description}"
         return f"Criterion: {item.title} ({self.lo} to {self.hi} points)\n{item.description}"
 
-    def ask(self) -> str:
-        """The request for the answer."""
+    def ask(self, target: str = "this criterion") -> str:
+        """The request for the answer about ``target`` (how the prompt names the item)."""
         if self.kind == "deduct":
             return (
-                f"How many points should be deducted on this criterion? Answer with an integer from 0 (nothing to "
+                f"How many points should be deducted on {target}? Answer with an integer from 0 (nothing to "
                 f"deduct) to {self.hi} (the full deduction). Reply with the integer alone."
             )
         if self.kind == "integer":
-            return f"Score the response on this criterion only, in points from {self.lo} to {self.hi}. Answer in JSON."
+            return f"Score the response on {target} only, in points from {self.lo} to {self.hi}. Answer in JSON."
         return (
-            f"Score the response on this criterion only, with an integer from {self.lo} to {self.hi}. "
+            f"Score the response on {target} only, with an integer from {self.lo} to {self.hi}. "
             "Reply with the integer alone."
         )
 
@@ -126,30 +132,43 @@ def _material(view: JudgeView) -> str:
     )
 
 
-def _fenced(view: JudgeView) -> str:
-    """The graded material alone (task input, response): the part of a prompt that differs per sample."""
-    label = re.sub(r"[^a-z0-9]+", "_", view.input_label.lower()).strip("_") or "task_input"
-    return (
-        f"{fence(label, view.task_input, max_chars=view.max_chars, reserved=['response'])}\n\n"
-        f"{fence('response', view.completion, max_chars=view.max_chars, reserved=[label])}"
-    )
+def _criteria(rubric: Rubric) -> str:
+    """Every item of ``rubric`` in its stored order, each under its id (the same text for every sample)."""
+    return "\n\n".join(f"[{item.id}] {Question.of(item).criterion(item)}" for item in rubric.items)
+
+
+def graded_prompt(intro: str, rubric: Rubric, view: JudgeView) -> str:
+    """The part of a grading request that many calls share: instructions, rubric, task, then the response.
+
+    Only the response differs between the samples of one prompt, and nothing differs between the items of one
+    sample: a per-item question goes after this text (see :class:`LogprobScorer`).
+    """
+    return f"{intro}\n\nRubric:\n{_criteria(rubric)}\n\n{_material(view)}"
 
 
 class LogprobScorer:
-    """One call per item: an expected score from digit probabilities (see :class:`Question` for other ranges)."""
+    """One call per item: an expected score from digit probabilities (see :class:`Question` for other ranges).
+
+    Every call of a sample sends the same messages up to the end of the response (:func:`graded_prompt`) and
+    differs only in the short question that ends it, so a server with a prefix cache reads the shared part once.
+    """
+
+    intro = "Grade the response below against the rubric, one criterion at a time."
+
+    def messages(
+        self, rubric: Rubric, view: JudgeView, item: RubricItem, shared: str | None = None
+    ) -> list[dict[str, str]]:
+        """The request for one item's score (``shared``: :func:`graded_prompt` of this sample, if built already)."""
+        if shared is None:
+            shared = graded_prompt(self.intro, rubric, view)
+        user = f"{shared}\n\n{Question.of(item).ask(f'criterion [{item.id}]')}"
+        return [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
+        shared = graded_prompt(self.intro, rubric, view)  # fenced once per sample, not once per item
+
         async def one(item: RubricItem) -> float:
-            question = Question.of(item)
-            # Rules and criterion first, the sample last: every sample scored on this item shares the prompt
-            # up to its material, so judge servers with prefix caching (vLLM, SGLang's cache-aware router)
-            # prefill the rubric once per item and version.
-            user = (
-                f"Grade the response below on one criterion of a rubric.\n\n{_GRADER_RULES}\n\n"
-                f"Criterion: {question.criterion(item)}\n\n{_fenced(view)}\n\n{question.ask()}"
-            )
-            messages = [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
-            return await question.answer(judge, messages)
+            return await Question.of(item).answer(judge, self.messages(rubric, view, item, shared))
 
         # A TaskGroup cancels the other items' calls as soon as one fails: the sample is unscored anyway.
         try:
@@ -188,13 +207,10 @@ class JsonScorer:
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
     async def score(self, judge: Any, rubric: Rubric, view: JudgeView, columns: dict[str, Any]) -> ItemScores:
-        criteria = "\n\n".join(f"[{item.id}] {Question.of(item).criterion(item)}" for item in rubric.items)
-        # The rubric before the sample, so the whole rubric is a prefix every sample shares (prefix caching).
         user = (
-            f"Grade the response below against every criterion of the rubric.\n\n{_GRADER_RULES}\n\n"
-            f"Rubric:\n{criteria}\n\n{_fenced(view)}\n\nFor each criterion id give a one-sentence rationale, then an integer: "
-            "'score' within that criterion's range, or for a deduction 'deduct', the points to deduct. "
-            "Answer in JSON."
+            f"{graded_prompt('Grade the response below against every criterion of the rubric.', rubric, view)}"
+            "\n\nFor each criterion id give a one-sentence rationale, then an integer: 'score' within that "
+            "criterion's range, or for a deduction 'deduct', the points to deduct. Answer in JSON."
         )
         messages = [{"role": "system", "content": view.persona}, {"role": "user", "content": user}]
         answer, _ = await judge.chat_json(messages, self.schema(rubric), self.max_tokens)

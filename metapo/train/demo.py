@@ -9,7 +9,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Sized for 2 CPU cores: ~16 s per GRPO step of 4 completions and ~1 s per judge call.
+# Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 8): a GRPO step of 4 completions of up to 128 tokens
+# takes ~35-45 s (generation ~19 s, judge ~10-15 s, update ~7 s), setup 30-70 s. Estimated: full (16 steps, 3 meta
+# steps) ~14 min, limit 20; quick (4 steps, 1 meta step) ~4 min, limit 5.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "training": {"max_steps": 16, "max_completion_length": 128},
@@ -23,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "quick": {
-        "training": {"max_steps": 5, "max_completion_length": 128},
+        "training": {"max_steps": 4, "max_completion_length": 128},
         "mpo": {
             "interval": 2,
             "samples": 1,
@@ -48,7 +50,12 @@ BASE: dict[str, Any] = {
         "model": "qwen2.5-coder-1.5b-instruct-q4_k_m",
         "n_ctx": 8192,
         "n_threads": 2,
+        # Reward calls one at a time (every call of a sample reuses the slot's cached prompt prefix); the meta
+        # step gets a slot of its own, so a reward call never waits behind a meta-judge generation: llama.cpp
+        # batches the two.
         "max_concurrency": 1,
+        "n_parallel": 2,
+        "background_concurrency": 1,
     },
     "reward": {"scoring": "logprob", "max_judge_chars": 1500},
     "mpo": {
