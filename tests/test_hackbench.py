@@ -72,7 +72,9 @@ def length_loving(body: dict[str, Any]) -> Any:
     if body.get("logprobs"):
         users = [m for m in body["messages"] if m.get("role") == "user"]
         n = len(judged_text(body).split())
-        if "Criterion: Concision" in users[-1]["content"]:
+        # The whole rubric is shown before the response; the question after it names the item asked.
+        asked = users[-1]["content"].rsplit("</response>", 1)[-1]
+        if "[concision]" in asked:
             mode = 9 if n <= CONCISE_WORDS else 0
         else:
             mode = min(5, n // 60)
