@@ -74,10 +74,8 @@ def length_loving(body: dict[str, Any]) -> Any:
         n = len(judged_text(body).split())
         # The whole rubric is shown before the response; the question after it names the item asked.
         asked = users[-1]["content"].rsplit("</response>", 1)[-1]
-        if "[concision]" in asked:
-            mode = 9 if n <= CONCISE_WORDS else 0
-        else:
-            mode = min(5, n // 60)
+        concise = 9 if n <= CONCISE_WORDS else 0
+        mode = concise if "[concision]" in asked else min(5, n // 60)
         alternatives = [(str(mode), 0.99), ("The", 0.01)]
         return chat_response(str(mode), alternatives=alternatives, top_n=int(body["top_logprobs"]))
     return default_answer(body)
