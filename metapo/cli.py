@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "metapo.online.cli",
     "metapo.prefdata.cli",
     "metapo.eval.cli",
+    "metapo.eval.hacks.cli",
     "metapo.report.cli",
     "metapo.judges.cli",
     "metapo.models.cli",

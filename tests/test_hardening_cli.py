@@ -163,6 +163,26 @@ CASES: dict[str, tuple[str, str]] = {
     "dpa-rsft-no-reward-model": ("dpa-rsft output_dir={dir}/dpa", "set reward_model"),
     "sft-recipe-bad-value": ("sft-recipe lr_divisor=abc", "lr_divisor='abc' is not valid"),
     "sft-recipe-alias-bomb": ("sft-recipe --config {bomb}", "aliases expand to more than"),
+    # hack-repair benchmark
+    "hackbench-data-missing": ("hackbench --data {missing}", "hack set {missing} does not exist"),
+    "hackbench-data-is-dir": ("hackbench --data {dir}", "hack set {dir} is a directory"),
+    "hackbench-data-binary": ("hackbench --data {binary}", "hack set {binary} is not UTF-8 text"),
+    "hackbench-data-not-jsonl": ("hackbench --data {text}", "{text} line 1: not valid JSON"),
+    "hackbench-no-judge": ("hackbench --prompts 3", "hackbench needs --judge"),
+    "hackbench-judge-missing": ("hackbench --judge {missing}.yaml", "judge config {missing}.yaml does not exist"),
+    "hackbench-one-prompt": ("hackbench --judge embedded --prompts 1", "--prompts 1: use at least 2"),
+    "hackbench-unknown-family": ("hackbench --judge embedded --families nope", "--families nope not in the hack set"),
+    "hackbench-unknown-window-family": (
+        "hackbench --judge embedded --window-families nope",
+        "--window-families nope not in the hack set",
+    ),
+    "hackbench-bad-seeds": ("hackbench --judge embedded --seeds a,b", "--seeds 'a,b': give comma-separated integers"),
+    "hackbench-no-builtin-set": ("hackbench --judge embedded --task ethics", "no built-in hack set for task 'ethics'"),
+    "hackbench-run-dir-missing": ("hackbench --run-dir {missing}", "--run-dir {missing} does not exist"),
+    "hackbench-bad-override": ("hackbench --judge embedded training.lr=1", "only mpo.* and reward.* settings"),
+    "hackbench-mpo-typo": ("hackbench --judge embedded mpo.sampels=2", "unknown setting(s) mpo.sampels"),
+    "hackbench-out-is-file": ("hackbench --judge embedded --out {text}", "--out {text} is a file"),
+    "hackbench-bad-steps": ("hackbench --judge embedded --steps 0", "steps >= 1"),
 }
 
 

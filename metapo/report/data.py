@@ -71,6 +71,7 @@ class RunData:
     meta_steps: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    hackbench: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -100,7 +101,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
     Args:
         run_dir: The run directory (``config.yaml``, ``rubrics/``, ``samples.jsonl``, ``meta/``, ``metrics.jsonl``,
-            ``eval/*.json``).
+            ``eval/*.json``, ``hackbench/hackbench.json``).
 
     Returns:
         The loaded records; unreadable files are listed in ``problems``.
@@ -151,6 +152,12 @@ def load_run(run_dir: str | Path) -> RunData:
             raw = _read_json(path, data.problems)
             if isinstance(raw, dict):
                 data.evals.append((path.name, raw))
+
+    bench = root / "hackbench" / "hackbench.json"
+    if bench.is_file():
+        raw = _read_json(bench, data.problems)
+        if isinstance(raw, dict) and raw.get("kind") == "metapo-hackbench":
+            data.hackbench = raw
     return data
 
 

@@ -8,6 +8,7 @@ URIs), so a mistake in escaping still could not run code or leak anything.
 
 from __future__ import annotations
 
+import base64
 import html
 import time
 from collections.abc import Iterable, Sequence
@@ -548,6 +549,30 @@ def _config(data: RunData) -> str:
     return f'<h2 id="config">Configuration</h2><details><summary>config.yaml</summary><pre>{esc(data.config_text)}</pre></details>'
 
 
+def _hackbench(data: RunData) -> str:
+    """The hack-repair benchmark's headline numbers and figures, when ``metapo hackbench --run-dir`` ran."""
+    result = data.hackbench
+    if result is None:
+        return ""
+    rows = []
+    for part in result.get("static", []):
+        for v in part.get("versions", []):
+            rows.append(
+                [esc(part.get("task")), f"v{esc(v.get('version'))}", fmt((v.get("success") or {}).get("value")),
+                 fmt((v.get("auc") or {}).get("value"))]
+            )
+    figures = []
+    folder = data.run_dir / "hackbench"
+    for path in sorted(folder.glob("*.png")):
+        figures.append(img(base64.b64encode(path.read_bytes()).decode("ascii"), path.stem))
+    return (
+        '<section id="hackbench"><h2>Hack-repair benchmark</h2>'
+        + table(["task", "rubric", "hack success", "AUC good vs hack"], rows, numeric=(2, 3))
+        + "".join(figures)
+        + "<p>Full tables: hackbench/hackbench.md.</p></section>"
+    )
+
+
 def render_html(data: RunData) -> str:
     """The full report page for a loaded run."""
     timeline = rubric_timeline(data)
@@ -561,6 +586,7 @@ def render_html(data: RunData) -> str:
     nav = (
         '<nav><a href="#curves">Curves</a><a href="#rubrics">Rubrics</a><a href="#meta">Meta steps</a>'
         '<a href="#costs">Costs</a><a href="#samples">Samples</a><a href="#eval">Evaluation</a>'
+        + ('<a href="#hackbench">Hack benchmark</a>' if data.hackbench is not None else "")
         + ('<a href="#config">Config</a>' if data.config_text else "")
         + "</nav>"
     )
@@ -575,6 +601,7 @@ def render_html(data: RunData) -> str:
             _costs(data),
             _samples(data),
             _evals(data),
+            _hackbench(data),
             _config(data),
         ]
     )

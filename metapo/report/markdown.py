@@ -156,8 +156,20 @@ def render_markdown(data: RunData) -> str:
     for name, result in data.evals:
         lines += ["", f"## Evaluation: {cell(name)}", ""]
         lines.append(_eval_markdown(result))
+    if data.hackbench is not None:
+        lines += ["", hackbench_markdown(data.hackbench)]
     lines.append("")
     return "\n".join(lines)
+
+
+def hackbench_markdown(result: dict[str, Any]) -> str:
+    """The hack-repair benchmark's tables (``metapo hackbench --run-dir``), as a report section."""
+    from metapo.eval.hacks.output import markdown
+
+    try:
+        return markdown(result).replace("# Hack-repair benchmark", "## Hack-repair benchmark", 1)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        return f"## Hack-repair benchmark\n\nhackbench/hackbench.json is incomplete ({type(exc).__name__})."
 
 
 def _eval_markdown(result: dict[str, Any]) -> str:
