@@ -13,15 +13,16 @@ def _row(step: int, words: int, reward: float | None, **kw) -> dict:
     return {"step": step, "completion": " ".join(["w"] * words), "reward": reward, **kw}
 
 
-def test_window_stats_compare_before_the_first_and_after_the_last_meta_step() -> None:
+def test_window_stats_compare_before_the_first_meta_step_with_as_many_steps_at_the_end() -> None:
     rows = [
         _row(0, 60, 0.5, raw_score=3.0, adjustments={"missing_eos": -0.2}),  # judge 0.7, cut at the limit
         _row(1, 40, 0.9, raw_score=4.5),
-        _row(2, 10, 0.2, raw_score=1.0),  # between the meta steps: in neither window
+        _row(2, 10, 0.2, raw_score=1.0),  # neither the first two steps nor the last two: in neither window
         _row(4, 20, -0.2, gate="missing_eos"),  # an old-style replacing EOS gate counts as cut too
         _row(5, 30, 0.6, raw_score=3.0),
     ]
-    first, last = window_stats(rows, meta_steps=[2, 4])
+    # The last meta step is at 5: the last window still spans two steps, as the first does.
+    first, last = window_stats(rows, meta_steps=[2, 5])
     assert first == pytest.approx(
         {"samples": 2, "mean_words": 50, "eos_truncated": 0.5, "mean_judge_score": 0.8, "gated": 0.0}
     )

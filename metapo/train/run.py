@@ -408,7 +408,7 @@ def summarize(run_dir: Path) -> str:
     first, last = window_stats(samples, meta_steps)
     if first is not None and last is not None:
         lines.append(
-            "first window vs last window (the samples before the first meta step vs since the last):"
+            "first window vs last window (the steps before the first meta step vs as many steps at the end):"
         )
         for key, label in WINDOW_STATS:
             lines.append(f"  {label:<34} {_fmt(first[key])} -> {_fmt(last[key])}")
@@ -428,19 +428,20 @@ WINDOW_STATS = (
 def window_stats(
     samples: list[dict[str, Any]], meta_steps: list[int]
 ) -> tuple[dict[str, float] | None, dict[str, float] | None]:
-    """Statistics of the first window (before the first meta step) and the last (since the last meta step).
+    """Statistics of the first window (the steps before the first meta step) and of as many steps at the end.
 
-    Without meta steps the first and last quarter of the steps are compared. The judge score is the judge's
+    The last window has as many steps as the first, so that a meta step late in training does not leave a
+    window of one step (one prompt's samples) to compare with. Without meta steps the first and last quarter
+    of the steps are compared. The judge score is the judge's
     total mapped to [0, 1] (reward minus rule penalties), over samples the judge scored.
     """
     if not samples:
         return None, None
     steps = sorted({int(s.get("step", 0)) for s in samples})
-    if meta_steps:
-        first_end, last_start = meta_steps[0], meta_steps[-1]
-    else:
-        quarter = max(1, len(steps) // 4)
-        first_end, last_start = steps[quarter - 1] + 1, steps[-quarter]
+    first_steps = [s for s in steps if s < meta_steps[0]] if meta_steps else []
+    size = len(first_steps) if first_steps else max(1, len(steps) // 4)
+    first_end = steps[size - 1] + 1
+    last_start = max(steps[-size], first_end) if len(steps) > size else first_end
 
     def stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         judged = [r for r in rows if r.get("raw_score") is not None and r.get("reward") is not None]
