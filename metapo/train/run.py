@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -472,4 +473,6 @@ def _share(rows: list[dict[str, Any]], predicate: Any) -> float:
 
 
 def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"  # no sample in the window was scored by the judge (answer check or gate only)
     return f"{value:.0f}" if value == int(value) and value > 1 else f"{value:.3f}"
