@@ -125,74 +125,19 @@ class RewardService:
     @classmethod
     def build(cls, cfg: ServeConfig) -> RewardService:
         """Assemble task, judges, store, reward and controller for ``cfg`` and restore what the run dir holds."""
-        from metapo.judges import build_judge
-        from metapo.meta.acceptance import AcceptanceGate
-        from metapo.meta.controller import MetaPolicyOptimizationCallback
-        from metapo.meta.detectors import detect, select_flagged_first
-        from metapo.meta.meta_judge import MetaJudge
         from metapo.rubric.active import ActiveRubrics
         from metapo.rubric.store import RubricStore
         from metapo.tasks import get_task
-        from metapo.train.run import _gate_files, _token_counter, resolve_initial_rubric
+        from metapo.train.run import apply_task_defaults, build_mpo, read_gate_files, resolve_initial_rubric
 
         run = cfg.run
         task = get_task(run.task, **run.task_options)
-        if run.mpo.interval is None:
-            run.mpo.interval = task.default_meta_interval
-        if run.mpo.mode is None:
-            run.mpo.mode = task.meta_mode
-        if run.mpo.seed is None:
-            run.mpo.seed = run.seed
-        if run.mpo.max_sample_chars is None:
-            run.mpo.max_sample_chars = task.meta_chars
-        if run.reward.max_judge_chars is None:
-            run.reward.max_judge_chars = task.judge_chars
+        apply_task_defaults(run, task)
         initial = resolve_initial_rubric(run.initial_rubric, task)
-        gate_files = _gate_files(run) if run.mpo.every > 0 else ([], [])
+        gate_files = read_gate_files(run) if run.mpo.every > 0 else ([], [])
         run_dir = prepare_service_dir(cfg)
-        judge = build_judge(run.judge)
-        meta_client = build_judge(run.meta_judge) if run.meta_judge is not None else judge
         active = ActiveRubrics(RubricStore(run_dir / "rubrics"), initial)
-        holder: dict[str, Any] = {}
-
-        def detector_selector(window: Any, k: int, rng: Any) -> list[Any]:
-            return select_flagged_first(window, detect(window, baseline=holder["c"]._baseline), k, rng)
-
-        meta_judge = None
-        if run.mpo.every > 0:
-            meta_judge = MetaJudge(
-                meta_client,
-                run.mpo,
-                persona=task.meta_persona,
-                task_description=task.instruction,
-                detector_selector=detector_selector,
-                token_counter=_token_counter(judge),
-                score_bound=9 if run.reward.scoring == "logprob" else 20,
-                judge_chars=run.reward.judge_chars,
-                reference_column=task.meta_reference_column,
-            )
-        judges = {"judge/": judge} | ({"meta_judge/": meta_client} if meta_client is not judge else {})
-        controller = MetaPolicyOptimizationCallback(meta_judge, active, run.mpo, run_dir, detector=detect, judges=judges)
-        holder["c"] = controller
-        reward_cfg = run.reward
-        reward_cfg.judge_persona = task.judge_persona or reward_cfg.judge_persona
-        reward_cfg.input_label = task.judge_input_label or reward_cfg.input_label
-        scorer_factory = getattr(task, "make_scorer", None)
-        reward = RubricReward(
-            judge,
-            active,
-            reward_cfg,
-            gates=task.gates(),
-            scorer=scorer_factory(run.seed) if scorer_factory else None,
-        )
-        if meta_judge is not None and run.mpo.acceptance.enabled:
-            controller.acceptance = AcceptanceGate(
-                reward,
-                run.mpo.acceptance,
-                reference_column=task.meta_reference_column,
-                user_exemplars=gate_files[0],
-                pairs=gate_files[1],
-            )
+        controller, reward = build_mpo(run, task, active, run_dir, gate_files)
         service = cls(cfg, reward=reward, controller=controller)
         service.restore()
         return service

@@ -134,22 +134,12 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     import torch
     from transformers import AutoTokenizer
 
-    from metapo.meta.detectors import detect, select_flagged_first
     from metapo.models.embedded import resolve_policy
     from metapo.tasks import get_task
 
     task = get_task(cfg.task, **cfg.task_options)
-    gate_files = _gate_files(cfg) if cfg.mpo.interval != 0 else ([], [])
-    if cfg.mpo.interval is None:
-        cfg.mpo.interval = task.default_meta_interval
-    if cfg.mpo.mode is None:
-        cfg.mpo.mode = task.meta_mode
-    if cfg.mpo.seed is None:
-        cfg.mpo.seed = cfg.seed
-    if cfg.mpo.max_sample_chars is None:
-        cfg.mpo.max_sample_chars = task.meta_chars
-    if cfg.reward.max_judge_chars is None:
-        cfg.reward.max_judge_chars = task.judge_chars
+    gate_files = read_gate_files(cfg) if cfg.mpo.interval != 0 else ([], [])
+    apply_task_defaults(cfg, task)
     dataset = task.load(cfg.dataset, split=cfg.split, limit=cfg.limit, seed=cfg.seed)
     if task.last_load_stats is not None:
         log.info(task.last_load_stats.summary())
@@ -160,58 +150,13 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    judge = build_judge(cfg.judge)
-    meta_client = build_judge(cfg.meta_judge) if cfg.meta_judge is not None else judge
     store = RubricStore(run_dir / "rubrics", writable=_is_main_process())
     active = ActiveRubrics(store, resolve_initial_rubric(cfg.initial_rubric, task))
     for lineage in sorted(set(dataset["lineage"])):
         active.get(lineage)
-
-    def detector_selector(window: Any, k: int, rng: Any) -> list[Any]:
-        return select_flagged_first(window, detect(window, baseline=controller._baseline), k, rng)
-
-    meta_judge = None
-    if cfg.mpo.interval > 0:
-        meta_judge = MetaJudge(
-            meta_client,
-            cfg.mpo,
-            persona=task.meta_persona,
-            task_description=task.instruction,
-            detector_selector=detector_selector,
-            token_counter=_token_counter(judge),
-            # In logprob scoring every item the meta step writes stays readable from one digit.
-            score_bound=9 if cfg.reward.scoring == "logprob" else 20,
-            judge_chars=cfg.reward.judge_chars,
-            reference_column=task.meta_reference_column,
-        )
-    judges = {"judge/": judge} | ({"meta_judge/": meta_client} if meta_client is not judge else {})
-    controller = MetaPolicyOptimizationCallback(
-        meta_judge, active, cfg.mpo, run_dir, detector=detect, judges=judges
+    controller, reward = build_mpo(
+        cfg, task, active, run_dir, gate_files, eos_token_ids=_eos_ids(tokenizer, model_path)
     )
-
-    reward_cfg = cfg.reward
-    reward_cfg.judge_persona = task.judge_persona or reward_cfg.judge_persona
-    reward_cfg.input_label = task.judge_input_label or reward_cfg.input_label
-    scorer_factory = getattr(task, "make_scorer", None)
-    reward = RubricReward(
-        judge,
-        active,
-        reward_cfg,
-        gates=task.gates(),
-        on_scored=controller.record,
-        eos_token_ids=_eos_ids(tokenizer, model_path),
-        scorer=scorer_factory(cfg.seed) if scorer_factory else None,
-        extra_metrics=controller.metrics,
-    )
-
-    if meta_judge is not None and cfg.mpo.acceptance.enabled:
-        controller.acceptance = AcceptanceGate(
-            reward,
-            cfg.mpo.acceptance,
-            reference_column=task.meta_reference_column,
-            user_exemplars=gate_files[0],
-            pairs=gate_files[1],
-        )
 
     config_cls, trainer_cls = _trainer_classes(cfg.algorithm)
     cpu = not torch.cuda.is_available()
@@ -273,7 +218,99 @@ def build_run(cfg: RunConfig, run_dir: Path) -> BuiltRun:
     return BuiltRun(trainer, controller, reward, store, run_dir, task)
 
 
-def _gate_files(cfg: RunConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+
+def apply_task_defaults(cfg: RunConfig, task: Any) -> None:
+    """Fill in what ``cfg`` leaves to its task: meta interval and mode, and the text sizes judges see.
+
+    The run's seed also seeds meta-step selection unless ``mpo.seed`` is set.
+    """
+    if cfg.mpo.interval is None:
+        cfg.mpo.interval = task.default_meta_interval
+    if cfg.mpo.mode is None:
+        cfg.mpo.mode = task.meta_mode
+    if cfg.mpo.seed is None:
+        cfg.mpo.seed = cfg.seed
+    if cfg.mpo.max_sample_chars is None:
+        cfg.mpo.max_sample_chars = task.meta_chars
+    if cfg.reward.max_judge_chars is None:
+        cfg.reward.max_judge_chars = task.judge_chars
+
+
+def build_mpo(
+    cfg: RunConfig,
+    task: Any,
+    active: ActiveRubrics,
+    run_dir: Path,
+    gate_files: tuple[list[dict[str, str]], list[dict[str, str]]] = ([], []),
+    **reward_options: Any,
+) -> tuple[MetaPolicyOptimizationCallback, RubricReward]:
+    """The evolving-rubric reward of a run: judges, meta judge, controller, reward and acceptance gate.
+
+    One assembly for ``metapo train`` and ``metapo serve-reward``. Call :func:`apply_task_defaults` first.
+
+    Args:
+        cfg: The run's settings (``judge``, ``meta_judge``, ``reward``, ``mpo``).
+        task: The task, for its personas, gates, scorer and reference column.
+        active: The rubric versions in force, per lineage.
+        run_dir: Where meta logs go.
+        gate_files: The acceptance gate's user exemplars and pairs (see :func:`read_gate_files`).
+        **reward_options: More :class:`RubricReward` arguments (e.g. the policy's ``eos_token_ids``).
+
+    Returns:
+        The callback that runs meta steps, and the reward that records every scored sample into its window.
+    """
+    from metapo.meta.detectors import detect, select_flagged_first
+
+    judge = build_judge(cfg.judge)
+    meta_client = build_judge(cfg.meta_judge) if cfg.meta_judge is not None else judge
+
+    def detector_selector(window: Any, k: int, rng: Any) -> list[Any]:
+        return select_flagged_first(window, detect(window, baseline=controller._baseline), k, rng)
+
+    meta_judge = None
+    if cfg.mpo.every > 0:
+        meta_judge = MetaJudge(
+            meta_client,
+            cfg.mpo,
+            persona=task.meta_persona,
+            task_description=task.instruction,
+            detector_selector=detector_selector,
+            token_counter=_token_counter(judge),
+            # In logprob scoring every item the meta step writes stays readable from one digit.
+            score_bound=9 if cfg.reward.scoring == "logprob" else 20,
+            judge_chars=cfg.reward.judge_chars,
+            reference_column=task.meta_reference_column,
+        )
+    judges = {"judge/": judge} | ({"meta_judge/": meta_client} if meta_client is not judge else {})
+    controller = MetaPolicyOptimizationCallback(
+        meta_judge, active, cfg.mpo, run_dir, detector=detect, judges=judges
+    )
+    reward_cfg = cfg.reward
+    reward_cfg.judge_persona = task.judge_persona or reward_cfg.judge_persona
+    reward_cfg.input_label = task.judge_input_label or reward_cfg.input_label
+    scorer_factory = getattr(task, "make_scorer", None)
+    reward = RubricReward(
+        judge,
+        active,
+        reward_cfg,
+        gates=task.gates(),
+        on_scored=controller.record,
+        scorer=scorer_factory(cfg.seed) if scorer_factory else None,
+        extra_metrics=controller.metrics,
+        **reward_options,
+    )
+    if meta_judge is not None and cfg.mpo.acceptance.enabled:
+        controller.acceptance = AcceptanceGate(
+            reward,
+            cfg.mpo.acceptance,
+            reference_column=task.meta_reference_column,
+            user_exemplars=gate_files[0],
+            pairs=gate_files[1],
+        )
+    return controller, reward
+
+
+def read_gate_files(cfg: RunConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The acceptance gate's user exemplars and pairs, read before anything heavy loads (bad files fail fast)."""
     gate = cfg.mpo.acceptance
     if not gate.enabled:
