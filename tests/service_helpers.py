@@ -46,6 +46,8 @@ def write_config(tmp_path: Path, judge_url: str, meta_url: str, *, service: dict
         "meta_judge": {"backend": "openai", "model": "m", "base_urls": [meta_url], "timeout_s": 30, "max_attempts": 1},
         "mpo": {"interval": 2, "samples": 3},
         "service": {"port": 0, **(service or {})},
+        # logprob: the scripted judge's item scores are exact in that mode, and each item is one call.
+        "reward": {"scoring": "logprob", **run.pop("reward", {})},
     }
     data.update(run)
     path = tmp_path / "serve.yaml"

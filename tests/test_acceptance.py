@@ -105,7 +105,9 @@ def _window() -> list[ScoredSample]:
 
 def _reward(url: str) -> RubricReward:
     client = JudgeClient(OpenAIHTTPBackend([url]), model_id="scripted", max_concurrency=8, timeout_s=30)
-    return RubricReward(client, ActiveRubrics(RubricStore(Path("unused"), writable=False), QUALITY), RubricRewardConfig(input_label="Prompt"))
+    # logprob: the scripted judge's item scores are exact in that mode (and each item is one call).
+    cfg = RubricRewardConfig(input_label="Prompt", scoring="logprob")
+    return RubricReward(client, ActiveRubrics(RubricStore(Path("unused"), writable=False), QUALITY), cfg)
 
 
 def _decide(gate: AcceptanceGate, candidate: Rubric, analysed: tuple[str, ...] = (SKY_PROMPT,)) -> Any:

@@ -32,6 +32,7 @@ def _config(tiny_model_dir: Path, run_dir: Path, url: str, **sections: dict) -> 
         "output_dir": str(run_dir),
         "task_options": {"max_completion_tokens": 10},
         "judge": {"backend": "openai", "model": "scripted", "base_urls": [url], "timeout_s": 5},
+        "reward": {"scoring": "logprob"},  # one call per item: the fault schedules count calls
         "training": {"per_device_train_batch_size": 4, "num_generations": 4, "disable_tqdm": True},
     }
     for key, value in sections.items():

@@ -30,6 +30,8 @@ from tests.scripted_judge import ScriptedJudge, judged_text
 from tests.tiny_grpo import prompt_dataset, tiny_grpo_trainer
 
 ATTEMPTS = 3
+# One call per item: the fault schedules pick a request by the response it judges.
+LOGPROB = "logprob"
 # Long enough that a healthy request on a busy machine never times out; hangs outlast it.
 TIMEOUT_S = 1.0
 TASK = "Write about a lighthouse keeper."
@@ -100,7 +102,7 @@ def test_persistent_fault_leaves_the_sample_unscored(fault: str, tmp_path: Path)
         reward = RubricReward(
             client,
             ActiveRubrics(RubricStore(tmp_path / "rubrics"), RUBRIC),
-            RubricRewardConfig(input_label="Writing prompt"),
+            RubricRewardConfig(input_label="Writing prompt", scoring=LOGPROB),
             on_scored=recorded.extend,
         )
         rewards, metrics = _score(reward, COMPLETIONS)
@@ -137,11 +139,12 @@ def test_a_transient_fault_is_retried_and_the_sample_scored(tmp_path: Path) -> N
 
     with ScriptedJudge(faults=first_attempt_fails) as judge:
         client = _client(judge)
-        reward = RubricReward(client, ActiveRubrics(RubricStore(tmp_path / "rubrics"), RUBRIC))
+        config = RubricRewardConfig(scoring=LOGPROB)
+        reward = RubricReward(client, ActiveRubrics(RubricStore(tmp_path / "rubrics"), RUBRIC), config)
         rewards, metrics = _score(reward, COMPLETIONS)
         requests = judge.request_count
         with ScriptedJudge() as healthy:
-            clean = RubricReward(_client(healthy), ActiveRubrics(RubricStore(tmp_path / "r2"), RUBRIC))
+            clean = RubricReward(_client(healthy), ActiveRubrics(RubricStore(tmp_path / "r2"), RUBRIC), config)
             expected, _ = _score(clean, COMPLETIONS)
 
     calls = len(COMPLETIONS) * len(RUBRIC.items)
@@ -172,7 +175,7 @@ def _wire(judge: ScriptedJudge, out: Path, **reward_cfg: Any) -> tuple[RubricRew
     reward = RubricReward(
         client,
         active,
-        RubricRewardConfig(input_label="Prompt", **reward_cfg),
+        RubricRewardConfig(input_label="Prompt", scoring=LOGPROB, **reward_cfg),
         on_scored=callback.record,
         extra_metrics=callback.metrics,
     )
@@ -245,7 +248,7 @@ def test_a_scored_sample_resets_the_failure_count(tmp_path: Path) -> None:
         reward = RubricReward(
             _client(judge, max_attempts=1),
             ActiveRubrics(RubricStore(tmp_path / "rubrics"), RUBRIC),
-            RubricRewardConfig(max_consecutive_failures=2),
+            RubricRewardConfig(max_consecutive_failures=2, scoring=LOGPROB),
         )
         for _ in range(3):
             rewards, _ = _score(reward, ["fine text", "DOOMED"])

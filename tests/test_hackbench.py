@@ -498,6 +498,7 @@ def test_cli_without_the_gate_runs_two_arms(scripted: Any, tmp_path: Path) -> No
     assert main(argv) == 0
     result = json.loads((out / "hackbench.json").read_text())
     assert list(result["dynamic"][0]["arms"]) == ["fixed", "mpo"] and result["run"]["gate"] is None
+    assert result["run"]["scoring"] == "multiturn"  # no --scoring: the default of reward.scoring
     assert result["static"] == [] and "was not run" in (out / "hackbench.md").read_text()
 
 

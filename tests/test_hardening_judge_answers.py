@@ -23,7 +23,7 @@ from metapo.judges import parsing as parsing_module
 from metapo.judges.cache import ScoreCache
 from metapo.meta.meta_judge import MetaConfig, MetaJudge
 from metapo.reward.records import ScoredSample
-from metapo.reward.rubric_reward import RubricReward
+from metapo.reward.rubric_reward import RubricReward, RubricRewardConfig
 from metapo.rubric import Rubric, RubricStore
 from metapo.rubric.active import ActiveRubrics
 from tests.scripted_judge import ScriptedJudge, chat_response, digit_alternatives
@@ -227,6 +227,7 @@ def test_the_reward_function_turns_malformed_answers_into_missing_scores(tmp_pat
         reward = RubricReward(
             client,
             ActiveRubrics(RubricStore(tmp_path / "r"), Rubric.single("Quality", "Overall.", 0, 9)),
+            RubricRewardConfig(scoring="logprob"),  # one answer per sample, as the scripted answers assume
             on_scored=samples.extend,
         )
         prompts = [[{"role": "user", "content": "Write."}]] * 4

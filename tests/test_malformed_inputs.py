@@ -211,7 +211,7 @@ def _score(tmp_path: Path, completion: str, task_input: str = "Write about the s
         reward = RubricReward(
             client,
             ActiveRubrics(RubricStore(tmp_path / "rubrics"), rubric),
-            RubricRewardConfig(**cfg),
+            RubricRewardConfig(**{"scoring": "logprob", **cfg}),  # one request, inspected below
             on_scored=samples.extend,
         )
         prompts = [[{"role": "user", "content": task_input}]]

@@ -300,6 +300,7 @@ def test_judge_oracle_swaps_positions_and_fills_an_antisymmetric_matrix():
 
 def test_rubric_and_rule_oracles_from_config(tmp_path):
     from metapo.judges import JudgeConfig
+    from metapo.reward import RubricRewardConfig
     from metapo.tasks import get_task
 
     task = get_task("essay")
@@ -310,7 +311,10 @@ def test_rubric_and_rule_oracles_from_config(tmp_path):
     # The default scripted judge scores a text by its number of distinct words (at most 9).
     with ScriptedJudge() as server:
         config = OracleConfig(
-            kind="rubric", judge=JudgeConfig(base_urls=[server.url], model="s"), temperature=1.0
+            kind="rubric",
+            judge=JudgeConfig(base_urls=[server.url], model="s"),
+            temperature=1.0,
+            reward=RubricRewardConfig(scoring="logprob"),
         )
         oracle = build_oracle(config, task, tmp_path)
         m = asyncio.run(oracle.preferences("Write an essay.", ["one two three four five", "one"]))

@@ -64,7 +64,7 @@ def judge():
 
 def _reward(judge, tmp_path):
     return rubric_reward(
-        judge.client, Rubric.single("Letters", "How many letters e.", 0, 9), tmp_path / "rubrics"
+        judge.client, Rubric.single("Letters", "How many letters e.", 0, 9), tmp_path / "rubrics", scoring="logprob"
     )
 
 
@@ -407,6 +407,7 @@ def _config(tmp_path, judge_url: str, **extra) -> Path:
         "prompts": str(prompts),
         "output_dir": str(tmp_path / "out"),
         "judge": {"backend": "openai", "model": "scripted", "base_urls": [judge_url], "max_attempts": 2},
+        "reward": {"scoring": "logprob"},  # the scripted judge's scores are exact in this mode
         "generation": {"max_new_tokens": 6, "batch_size": 64},
         **extra,
     }

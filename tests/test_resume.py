@@ -199,7 +199,7 @@ def test_a_run_stopped_by_a_down_judge_resumes_from_a_fresh_checkpoint(
             judge.url,
             judge.url,
             mpo={"interval": 0},
-            reward={"max_consecutive_failures": 4},
+            reward={"max_consecutive_failures": 4, "scoring": "logprob"},  # one request per sample
             training={"max_steps": 4, "save_steps": 100},
         )
         assert main(["train", "--config", str(config)]) == 1

@@ -30,7 +30,8 @@ def _reward(
     reward = RubricReward(
         client,
         ActiveRubrics(RubricStore(tmp_path / "rubrics"), rubric),
-        RubricRewardConfig(**cfg),
+        # logprob unless a test names another mode: the scripted judge's scores are exact in that mode.
+        RubricRewardConfig(**{"scoring": "logprob", **cfg}),
         gates=gates,
         on_scored=seen.extend,
     )
@@ -177,3 +178,10 @@ def test_columns_reach_the_record_and_lineage_selects_the_rubric(tmp_path) -> No
     assert seen[0].columns["gold"] == "g1" and seen[0].prompt == "storm"
     assert set(RubricStore(tmp_path / "rubrics").lineages()) == {"a/1", "b/2"}
     assert json.dumps(body).count("<response>") == 1
+
+
+def test_new_items_stay_in_the_range_the_scoring_mode_can_read() -> None:
+    # One digit is read in logprob and multiturn scoring; json asks for an integer.
+    bounds = {m: RubricRewardConfig(scoring=m).item_score_bound for m in ("logprob", "json", "multiturn")}
+    assert bounds == {"logprob": 9, "json": 20, "multiturn": 9}
+    assert RubricRewardConfig().scoring == "multiturn"  # the best-separating mode on hackbench (RESULTS.md)

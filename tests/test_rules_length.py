@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from metapo.judges import JudgeConfig, build_judge
-from metapo.reward import RequireEOS, RubricReward
+from metapo.reward import RequireEOS, RubricReward, RubricRewardConfig
 from metapo.reward.rules import (
     HAPO,
     SLPO,
@@ -196,7 +196,9 @@ def test_slpo_over_rubric_reward_keeps_unscored_samples_out(tmp_path) -> None:
             )
         )
         rubric = RubricReward(
-            client, ActiveRubrics(RubricStore(tmp_path / "rubrics"), Rubric.single("Q", "q", 0, 9))
+            client,
+            ActiveRubrics(RubricStore(tmp_path / "rubrics"), Rubric.single("Q", "q", 0, 9)),
+            RubricRewardConfig(scoring="logprob"),  # the scripted scores below are exact in this mode
         )
         rule = SLPO(rubric, num_generations=4, alpha=0.5, correct_threshold=0.5)
         texts = ["alpha beta gamma delta epsilon", "one two three four five six seven", "broken here", "x y"]

@@ -227,7 +227,7 @@ class MetaJudge:
         token_counter: Counts the reward judge's tokens, for the context-fit check; may return ``None`` (then,
             as without a counter, a conservative 3 characters per token is assumed).
         score_bound: Largest absolute item score a new rubric may use (9 keeps every item readable from one
-            digit in ``logprob`` scoring; larger ranges are asked as integers).
+            digit in ``logprob`` and ``multiturn`` scoring; larger ranges are asked as integers).
         judge_chars: The reward judge's text limit per field (what it will see of the longest sample).
         reference_column: Sample column with a reference answer to show the meta judge (math: the solution).
     """

@@ -19,6 +19,7 @@ prompts (``eval_prompts``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 from metapo.config import to_dict
 from metapo.files import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from metapo.judges import JudgeConfig
+from metapo.reward.rubric_reward import RubricRewardConfig
 
 from .methods import OnlineMethod, get_method
 from .oracle import PreferenceOracle, win_rates
@@ -71,6 +73,10 @@ class OracleConfig:
     )
     temperature: float = field(
         default=1.0, metadata={"help": "Bradley-Terry temperature of score-based kinds."}
+    )
+    reward: RubricRewardConfig = field(
+        default_factory=RubricRewardConfig,
+        metadata={"help": "kind=rubric: how the judge scores the rubric (the reward.* settings of metapo train)."},
     )
 
     def __post_init__(self) -> None:
@@ -180,15 +186,16 @@ def build_oracle(config: OracleConfig, task: Any, run_dir: Path) -> PreferenceOr
             both_orders=config.both_orders,
         )
         return JudgeOracle(judge)
-    from metapo.reward.rubric_reward import RubricReward, RubricRewardConfig
+    from metapo.reward.rubric_reward import RubricReward
     from metapo.rubric.active import ActiveRubrics
     from metapo.rubric.store import RubricStore
     from metapo.train.run import resolve_initial_rubric
 
     rubrics = ActiveRubrics(RubricStore(run_dir / "rubrics"), resolve_initial_rubric(config.rubric, task))
-    reward_config = RubricRewardConfig(
-        judge_persona=task.judge_persona or RubricRewardConfig.judge_persona,
-        input_label=task.judge_input_label or RubricRewardConfig.input_label,
+    reward_config = dataclasses.replace(
+        config.reward,
+        judge_persona=task.judge_persona or config.reward.judge_persona,
+        input_label=task.judge_input_label or config.reward.input_label,
     )
     return ScoreOracle(RubricReward(client, rubrics, reward_config), config.temperature)
 

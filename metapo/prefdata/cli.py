@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 _USAGE = (
-    "The config is one YAML mapping: model, prompts, output_dir, judge (JudgeConfig fields), rubric, generation, "
+    "The config is one YAML mapping: model, prompts, output_dir, judge (JudgeConfig fields), rubric, reward (how the "
+    "judge scores it: the reward.* settings of metapo train), generation, "
     "options (the method's settings), and for loops rounds and train (PreferenceConfig fields, objective, "
     "objective_kwargs). Overrides follow as key=value; dotted keys reach into sections (options.beta=0.5). A loop "
     "resumes from the rounds its output_dir already holds. Examples: examples/prefdata_*.yaml."

@@ -25,6 +25,7 @@ from metapo.prefdata.common import (
     rubric_reward,
     write_rows,
 )
+from metapo.reward.rubric_reward import RubricRewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class BuildConfig:
         metadata={"help": "Loops: prompt rows each round is measured on (default: the prompts)."},
     )
     judge: JudgeConfig | None = field(default=None, metadata={"help": "The judge (JudgeConfig fields)."})
+    reward: RubricRewardConfig = field(
+        default_factory=RubricRewardConfig,
+        metadata={"help": "How the judge scores a rubric (the reward.* settings of metapo train)."},
+    )
     rubric: str | None = field(
         default=None, metadata={"help": "Rubric file the judge scores against (default: a one-item rubric)."}
     )
@@ -170,9 +175,10 @@ class _Judge:
 
         self.client = build_judge(cfg.judge)
         self.store = Path(cfg.output_dir) / "rubrics"
+        self.config = cfg.reward
 
     def reward(self, rubric: Any, name: str = "default") -> Any:
-        return rubric_reward(self.client, rubric, self.store / name)
+        return rubric_reward(self.client, rubric, self.store / name, **{f.name: getattr(self.config, f.name) for f in fields(self.config)})
 
     def close(self) -> None:
         asyncio.run(self.client.aclose())

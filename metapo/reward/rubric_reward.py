@@ -37,10 +37,12 @@ class RubricRewardConfig:
     """Settings of :class:`RubricReward`."""
 
     scoring: ScoringMode = field(
-        default="logprob",
+        # multiturn separated good responses from hacks best with the embedded judge (hackbench, 12 essay
+        # prompts: AUC 0.75 vs json 0.72 and logprob 0.50; benchmarks/RESULTS.md section 9).
+        default="multiturn",
         metadata={
-            "help": "logprob: one call per item, expected score from digit logprobs; json: one structured "
-            "call per sample; multiturn: the paper's rationale-then-score per item."
+            "help": "multiturn: the paper's rationale-then-score per item (two calls per item); logprob: one call "
+            "per item, expected score from digit logprobs; json: one structured call per sample."
         },
     )
     reward_scale: Literal["normalized", "raw"] = field(
@@ -100,6 +102,12 @@ class RubricRewardConfig:
             raise ValueError("reward.max_judge_chars and reward.max_consecutive_failures must be >= 1")
         if not 0.0 < self.max_missing_rate <= 1.0 or self.missing_window < 1:
             raise ValueError("reward.max_missing_rate must be in (0, 1] and reward.missing_window >= 1")
+
+    @property
+    def item_score_bound(self) -> int:
+        """Largest absolute item score a new rubric may use: 9 where items are read from one digit's
+        probabilities (logprob and multiturn scoring), 20 where they are asked as integers (json)."""
+        return 20 if self.scoring == "json" else 9
 
     @property
     def judge_chars(self) -> int:

@@ -57,6 +57,8 @@ BASE: dict[str, Any] = {
         "n_parallel": 2,
         "background_concurrency": 1,
     },
+    # logprob, not the default multiturn: on 2 cores multiturn costs 2.6x the judge time per sample, which would
+    # take the demo past its time budget; the hack benchmark measures what that costs in separation.
     "reward": {"scoring": "logprob", "max_judge_chars": 1500},
     "mpo": {
         "selection": "detectors",

@@ -276,8 +276,7 @@ def build_mpo(
             task_description=task.instruction,
             detector_selector=detector_selector,
             token_counter=_token_counter(judge),
-            # In logprob scoring every item the meta step writes stays readable from one digit.
-            score_bound=9 if cfg.reward.scoring == "logprob" else 20,
+            score_bound=cfg.reward.item_score_bound,
             judge_chars=cfg.reward.judge_chars,
             reference_column=task.meta_reference_column,
         )

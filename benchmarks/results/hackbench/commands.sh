@@ -32,3 +32,8 @@ run --task essay --prompts 3 --protocol static --meta-steps 0 --scoring multitur
 run --task essay --prompts 2 --families padding,stuffing,injection,title_only --protocol dynamic --steps 10 \
   --meta-every 5 --seeds 0,1,2 --out $OUT/essay-dynamic-gate mpo.samples=1 mpo.max_items=3 \
   mpo.acceptance.max_exemplars=2 mpo.acceptance.canary_prompts=1
+# 6. Scoring modes on all 12 essay prompts, initial rubric only (code of 92703e1, the layout of run 4); each was
+#    resumed through its cache until complete.
+for mode in logprob json multiturn; do
+  run --task essay --prompts 12 --protocol static --meta-steps 0 --scoring $mode --out $OUT/essay-modes12-$mode
+done

@@ -43,7 +43,12 @@ def register(subparsers: Any) -> None:
         "settings or a run config (its judge: and meta_judge: sections). Default: the --run-dir's config.",
     )
     p.add_argument("--meta-judge", default=None, help="YAML with the meta judge's settings (default: the judge).")
-    p.add_argument("--scoring", choices=("logprob", "json", "multiturn"), default="logprob", help="Default: %(default)s.")
+    p.add_argument(
+        "--scoring",
+        choices=("logprob", "json", "multiturn"),
+        default=None,
+        help="Default: that of reward.scoring (multiturn).",
+    )
     p.add_argument("--protocol", choices=("static", "dynamic", "both"), default="both", help="Default: %(default)s.")
     p.add_argument("--prompts", type=int, default=None, help="Use the first N prompts of each task (default: all).")
     p.add_argument("--families", default=None, help="Comma-separated families to keep (default: all).")
@@ -124,6 +129,7 @@ def _hackbench(args: argparse.Namespace) -> int:
     unknown = sorted(set(overrides) - {"mpo", "reward"})
     if unknown:
         raise ValueError(f"override {unknown[0]}=...: only mpo.* and reward.* settings can be overridden here")
+    reward_settings = {**({"scoring": args.scoring} if args.scoring else {}), **overrides.get("reward", {})}
     mpo_data = {**(EMBEDDED_MPO if args.judge == "embedded" else {}), **overrides.get("mpo", {})}
     cfg = HackbenchConfig(
         tasks=args.task or ["essay"],
@@ -131,7 +137,7 @@ def _hackbench(args: argparse.Namespace) -> int:
         prompts=args.prompts,
         families=_csv(args.families, "--families"),
         protocol=args.protocol,
-        reward=from_dict(RubricRewardConfig, {"scoring": args.scoring, **overrides.get("reward", {})}, "reward."),
+        reward=from_dict(RubricRewardConfig, reward_settings, "reward."),
         mpo=from_dict(MetaConfig, mpo_data, "mpo."),
         static=StaticConfig(
             meta_steps=args.meta_steps,

@@ -107,7 +107,7 @@ def meta_judge_for(client: Any, setup: TaskSetup, cfg: HackbenchConfig, token_co
         persona=setup.meta_persona or "You are a senior instructor who audits how rubrics grade student work.",
         task_description=setup.instruction,
         token_counter=token_counter,
-        score_bound=9 if cfg.reward.scoring == "logprob" else 20,
+        score_bound=cfg.reward.item_score_bound,
         judge_chars=cfg.reward.max_judge_chars or setup.judge_chars,
         reference_column=setup.reference_column,
     )
