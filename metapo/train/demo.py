@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metapo.models.embedded import embedded_judge_settings
+
 log = logging.getLogger(__name__)
 
 # Sized for 2 CPU cores (benchmarks/RESULTS.md, sections 5 and 8): a GRPO step of 4 completions of up to 128 tokens
@@ -45,15 +47,10 @@ BASE: dict[str, Any] = {
     "limit": 64,
     "algorithm": "grpo",
     "judge": {
-        "backend": "xllamacpp",
-        "gguf": "embedded",
-        "model": "qwen2.5-coder-1.5b-instruct-q4_k_m",
-        "n_ctx": 8192,
-        "n_threads": 2,
         # Reward calls one at a time (every call of a sample reuses the slot's cached prompt prefix); the meta
         # step gets a slot of its own, so a reward call never waits behind a meta-judge generation: llama.cpp
         # batches the two.
-        "max_concurrency": 1,
+        **embedded_judge_settings(),
         "n_parallel": 2,
         "background_concurrency": 1,
     },

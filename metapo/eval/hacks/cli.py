@@ -11,15 +11,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: The packaged 1.5B judge in this process, as the demo configures it.
-EMBEDDED_JUDGE: dict[str, Any] = {
-    "backend": "xllamacpp",
-    "gguf": "embedded",
-    "model": "qwen2.5-coder-1.5b-instruct-q4_k_m",
-    "n_ctx": 8192,
-    "n_threads": 2,
-    "max_concurrency": 1,
-}
 
 
 def register(subparsers: Any) -> None:
@@ -97,6 +88,7 @@ def _seeds(text: str) -> list[int]:
 def _judge_configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """(judge settings, meta judge settings or None, a name for the report)."""
     from metapo.config import load_yaml
+    from metapo.models.embedded import embedded_judge_settings
 
     spec = args.judge
     if spec is None and args.run_dir is not None:
@@ -104,7 +96,7 @@ def _judge_configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     if spec is None:
         raise ValueError("hackbench needs --judge: 'embedded', or a YAML file with judge settings or a run config")
     if spec == "embedded":
-        return dict(EMBEDDED_JUDGE), None, "embedded qwen2.5-coder-1.5b (reward and meta judge)"
+        return embedded_judge_settings(), None, "embedded qwen2.5-coder-1.5b (reward and meta judge)"
     data = load_yaml(spec, "judge config")
     if isinstance(data.get("judge"), dict):
         meta = data.get("meta_judge") if isinstance(data.get("meta_judge"), dict) else None
