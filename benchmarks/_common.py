@@ -201,9 +201,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Writes ``benchmarks/results/<name>.json`` with the machine description added."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Writes ``benchmarks/results/<name>.json`` with the machine description added.
+
+    A ``--quick`` run writes under ``results/quick/`` (not tracked), so a smoke run never replaces the figures
+    that ``RESULTS.md`` quotes.
+    """
+    folder = RESULTS_DIR / "quick" if "--quick" in sys.argv[1:] else RESULTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {
         "benchmark": name,
         "machine": machine(),

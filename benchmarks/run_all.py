@@ -35,10 +35,11 @@ BENCHMARKS = (
 EMBEDDED = ("embedded_demo", "embedded_prefix")
 
 
-def _summary(name: str) -> str:
-    path = RESULTS / f"{name}.json"
+def _summary(name: str, quick: bool) -> str:
+    folder = RESULTS / "quick" if quick else RESULTS  # where _common.write_result puts --quick runs
+    path = folder / f"{name}.json"
     if name == "embedded_demo":
-        candidates = sorted(RESULTS.glob("embedded_demo_*.json"), key=lambda p: p.stat().st_mtime)
+        candidates = sorted(folder.glob("embedded_demo_*.json"), key=lambda p: p.stat().st_mtime)
         path = candidates[-1] if candidates else path
     if not path.exists():
         return f"{name}: no result file"
@@ -133,7 +134,7 @@ def main() -> int:
     print(f"\nload average after: {os.getloadavg()}")
     print("\nsummary" + (" (--quick: smoke-test sizes, not for quoting)" if args.quick else ""))
     for name in chosen:
-        print(f"- {name} failed" if name in failed else f"- {_summary(name)}")
+        print(f"- {name} failed" if name in failed else f"- {_summary(name, args.quick)}")
     return 1 if failed else 0
 
 
