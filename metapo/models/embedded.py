@@ -62,7 +62,6 @@ QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
 
-
 def embedded_judge_settings() -> dict[str, Any]:
     """``judge:`` settings for the packaged 1.5B judge in this process, one request at a time on 2 threads."""
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +175,10 @@ class _Judge:
 
         self.client = build_judge(cfg.judge)
         self.store = Path(cfg.output_dir) / "rubrics"
-        self.config = cfg.reward
+        self.reward_config = cfg.reward
 
     def reward(self, rubric: Any, name: str = "default") -> Any:
-        return rubric_reward(self.client, rubric, self.store / name, **{f.name: getattr(self.config, f.name) for f in fields(self.config)})
+        return rubric_reward(self.client, rubric, self.store / name, **asdict(self.reward_config))
 
     def close(self) -> None:
         asyncio.run(self.client.aclose())

@@ -12,7 +12,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-
 def register(subparsers: Any) -> None:
     """Add the ``hackbench`` subcommand."""
     p = subparsers.add_parser(
